@@ -1,0 +1,149 @@
+"""Stage 2, build: per-example gradient features of a dataset at every checkpoint of a warmup run.
+
+``adam`` (for the pool) turns each gradient into the update Adam would make from the checkpoint's
+optimizer state; ``sgd`` (for targets) keeps the plain gradient. Features are projected in float32,
+L2-normalised and committed to the datastore chunk by chunk, so an interrupted build resumes where
+it stopped and memory does not grow with the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import ChatEncoder, collate, encode_refs, index_examples
+from .datastore import GradientStore
+from .errors import StoreMismatchError
+from .features import AdamForm, adam_feature, normalize_rows
+from .gradients import PerExampleGradients
+from .models import pick_device
+from .projection import PROJECTORS, make_projector
+from .warmup import Run
+
+
+@dataclass
+class BuildConfig:
+    run: Path = field(metadata={"help": "warmup run folder (from `gradsift warmup`)"})
+    data: list[Path] = field(metadata={"help": "data files (JSON Lines) to compute features for"})
+    output: Path = field(metadata={"help": "store folder to write (resumed if it holds the same build)"})
+    gradient: Literal["adam", "sgd"] = field(default="adam", metadata={"help": "adam for the pool, sgd for targets"})
+    adam_form: AdamForm = field(default="corrected", metadata={
+        "help": "corrected: bias-corrected Adam update; less: the reference code's formula"})
+    projection: str = field(default="dense", metadata={"help": f"random projection: {', '.join(PROJECTORS)}"})
+    dim: int = field(default=8192, metadata={"help": "projected dimensions"})
+    seed: int = field(default=0, metadata={"help": "projection seed (the same for every store to compare)"})
+    max_length: int | None = field(default=None, metadata={"help": "truncate to this many tokens (default: the run's)"})
+    batch_size: int = field(default=16, metadata={"help": "examples per batched backward pass"})
+    chunk_size: int = field(default=256, metadata={"help": "rows committed to disk at a time"})
+    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+
+
+def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, projection: dict, max_length: int,
+              files, bad, index) -> dict:
+    names = hashlib.blake2b("\n".join(f"{n}:{s}" for n, s in zip(grads.names, grads.shapes)).encode(), digest_size=16)
+    total_lr = sum(c.lr for c in run.checkpoints)
+    statuses = [ref.status for ref in index]
+    return {
+        "model": {"name": run.model.name, "fingerprint": run.model.fingerprint},
+        "run": run.id,
+        "checkpoints": [{"name": c.path.name, "step": c.step, "lr": c.lr, "weight": c.lr / total_lr}
+                        for c in run.checkpoints],
+        "gradient": config.gradient,
+        "adam_form": config.adam_form if config.gradient == "adam" else None,
+        "projection": projection,
+        "dtype": "float16",
+        "max_length": max_length,
+        "parameters": {"count": grads.size, "layout": names.hexdigest()},
+        "files": [asdict(f) for f in files],
+        "counts": {"examples": len(index), "ok": statuses.count("ok"),
+                   "no_label_tokens": statuses.count("no_label_tokens"), "bad_records": len(bad)},
+        "bad_records": [asdict(b) for b in bad],
+        "no_label_tokens": [f"{r.file}:{r.line}" for r in index if r.status != "ok"],
+    }
+
+
+def build(config: BuildConfig) -> GradientStore:
+    """Build (or resume, or return if complete) the gradient store described by ``config``."""
+    run = Run.open(config.run)
+    if not run.complete:
+        raise StoreMismatchError(f"warmup run {run.path} is not complete; finish it with `gradsift warmup`")
+    device = pick_device(config.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model, tokenizer = run.load_model(device, dtype)
+    model.eval()  # no LoRA dropout while extracting features
+    max_length = config.max_length or run.config["max_length"]
+    encoder = ChatEncoder(tokenizer, max_length)
+    index, bad, files = index_examples(config.data, encoder, config.skip_bad_records)
+
+    with PerExampleGradients(model) as grads:
+        projector = make_projector(config.projection, grads.size, config.dim, config.seed)
+        manifest = _manifest(config, run, grads, projector.describe(), max_length, files, bad, index)
+        store = _open_or_create(Path(config.output), manifest, index)
+        if store.complete:
+            return store
+        _report_skips(manifest)
+        done = store.committed()
+        bar = tqdm(total=len(index) * len(run.checkpoints), initial=sum(done.values()), unit="ex",
+                   desc=f"build {store.name} ({config.gradient})", smoothing=0.1)
+        from peft import set_peft_model_state_dict
+
+        for checkpoint in run.checkpoints:
+            if done[checkpoint.path.name] == len(index):
+                continue
+            set_peft_model_state_dict(model, checkpoint.adapter_state())
+            adam = None
+            if config.gradient == "adam":
+                adam = [t.to(device) for t in checkpoint.adam_state(grads.names)]
+            for start in range(done[checkpoint.path.name], len(index), config.chunk_size):
+                refs = index[start: start + config.chunk_size]
+                rows = _chunk_features(refs, encoder, tokenizer.pad_token_id, grads, projector, checkpoint, adam,
+                                       config, device)
+                store.write_rows(checkpoint.path.name, start, rows)
+                bar.update(len(refs))
+        bar.close()
+    store.finish()
+    return store
+
+
+def _chunk_features(refs, encoder, pad_id, grads, projector, checkpoint, adam, config: BuildConfig, device) -> np.ndarray:
+    """Features of one chunk of rows; rows without label tokens stay zero. Batches are length-sorted
+    within the chunk, so a chunk's result does not depend on where a build started."""
+    rows = np.zeros((len(refs), projector.dim), dtype=np.float32)
+    ok = [i for i, ref in enumerate(refs) if ref.status == "ok"]
+    encoded = dict(zip(ok, encode_refs([refs[i] for i in ok], encoder)))
+    ok.sort(key=lambda i: (len(encoded[i][0]), i))
+    for k in range(0, len(ok), config.batch_size):
+        members = ok[k: k + config.batch_size]
+        batch = {n: t.to(device) for n, t in collate([encoded[i] for i in members], pad_id).items()}
+        g = grads.compute(batch)
+        if adam is not None:
+            g = adam_feature(g, adam[0], adam[1], checkpoint.step, checkpoint.betas, checkpoint.eps, config.adam_form)
+        rows[members] = normalize_rows(projector.project(g)).cpu().numpy()
+    return rows
+
+
+def _open_or_create(path: Path, manifest: dict, index) -> GradientStore:
+    if not (path / "manifest.json").exists():
+        return GradientStore.create(path, manifest, index)
+    store = GradientStore.open(path)
+    differ = [k for k in manifest if store.manifest.get(k) != manifest[k]]
+    if differ:
+        raise StoreMismatchError(
+            f"{path} holds a different build (differs in {', '.join(differ)}); "
+            "choose another --output or delete it to rebuild"
+        )
+    return store
+
+
+def _report_skips(manifest: dict) -> None:
+    counts = manifest["counts"]
+    if counts["bad_records"] or counts["no_label_tokens"]:
+        print(f"build: {counts['bad_records']} malformed records skipped, {counts['no_label_tokens']} examples "
+              f"without label tokens (listed in manifest.json; they get no score)")

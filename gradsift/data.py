@@ -1,0 +1,263 @@
+"""Instruction data: reading pool and target files, chat formatting, and label masking.
+
+Records are JSON Lines (or a JSON array) in one of three formats:
+
+- ``{"messages": [{"role": ..., "content": ...}, ...]}`` (tulu / open-instruct)
+- ``{"instruction": ..., "input": ..., "output": ...}`` (Alpaca)
+- ``{"prompt": ..., "completion": ...}``
+
+with optional ``id``, ``source`` and (for targets) ``subtask``. Each example is rendered with the
+model's chat template (``FALLBACK_CHAT_TEMPLATE`` when it has none); only assistant tokens carry a
+label, and the loss is the mean over an example's label tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import DataError
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant")
+
+# Used when a tokenizer has no chat template: the tulu format, ending each assistant turn with EOS.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ExampleRef:
+    """Where one example lives: enough to re-read it and to write it back verbatim."""
+
+    file: str  # path as given by the user
+    line: int  # 1-based line (JSONL) or record number (JSON array)
+    offset: int  # byte offset of the record in the file (-1 for JSON arrays)
+    length: int  # byte length of the record (without its newline)
+    id: str
+    source: str
+    subtask: str
+    tokens: int = 0  # after truncation
+    label_tokens: int = 0  # tokens that carry a loss; 0 means the example is skipped, never scored
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.label_tokens > 0 else "no_label_tokens"
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    file: str
+    line: int
+    problem: str
+
+
+@dataclass
+class DataFile:
+    path: str
+    sha256: str
+    records: int
+
+
+def _text(value, field: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"field {field!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def to_messages(record: object) -> list[dict[str, str]]:
+    """Normalise a record of any supported format to chat messages; ValueError says what is wrong."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("'messages' must be a non-empty list")
+        out = []
+        for k, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise ValueError(f"messages[{k}] must be an object with 'role' and 'content'")
+            if m["role"] not in ROLES:
+                raise ValueError(f"messages[{k}] has role {m['role']!r}; expected one of {ROLES}")
+            out.append({"role": m["role"], "content": _text(m["content"], f"messages[{k}].content")})
+    elif "instruction" in record and "output" in record:
+        prompt = _text(record["instruction"], "instruction")
+        extra = _text(record.get("input") or "", "input")
+        user = f"{prompt}\n\n{extra}" if extra else prompt
+        out = [{"role": "user", "content": user}, {"role": "assistant", "content": _text(record["output"], "output")}]
+    elif "prompt" in record and "completion" in record:
+        out = [
+            {"role": "user", "content": _text(record["prompt"], "prompt")},
+            {"role": "assistant", "content": _text(record["completion"], "completion")},
+        ]
+    else:
+        raise ValueError(
+            "unknown record format: expected 'messages', 'instruction'+'output', or 'prompt'+'completion'; "
+            f"found keys {sorted(record)[:8]}"
+        )
+    if not any(m["role"] == "assistant" for m in out):
+        raise ValueError("no assistant message: nothing to compute a loss on")
+    return out
+
+
+def _iter_raw(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, raw record bytes) for every non-blank record of a file."""
+    if path.suffix == ".json":
+        items = json.loads(path.read_bytes())
+        if not isinstance(items, list):
+            raise DataError(path, 1, "a .json data file must hold a JSON array of records")
+        for k, item in enumerate(items, 1):
+            yield k, -1, json.dumps(item, ensure_ascii=False).encode()
+        return
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            record = raw.rstrip(b"\r\n")
+            if record.strip():
+                yield number, offset, record
+            offset += len(raw)
+
+
+def scan_file(path: Path, skip_bad: bool) -> Iterator[tuple[ExampleRef, list[dict] | None, BadRecord | None]]:
+    """Parse every record of one file, yielding (ref, messages, None) or (ref, None, bad) when skipping.
+
+    Without ``skip_bad`` a malformed record raises DataError naming the file and line."""
+    if not path.is_file():
+        raise DataError(path, 0, "no such data file")
+    for line, offset, raw in _iter_raw(path):
+        try:
+            record = json.loads(raw)
+            messages = to_messages(record)
+            rid = record.get("id", f"{path.stem}:{line}")
+            ref = ExampleRef(
+                file=str(path), line=line, offset=offset, length=len(raw),
+                id=str(rid), source=str(record.get("source", path.stem)), subtask=str(record.get("subtask", "")),
+            )
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            if not skip_bad:
+                raise DataError(path, line, str(e)) from None
+            yield None, None, BadRecord(str(path), line, str(e))
+            continue
+        yield ref, messages, None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_record_bytes(ref: ExampleRef) -> bytes:
+    """The record exactly as it stands in its source file."""
+    if ref.offset < 0:  # JSON array: no byte span, re-serialise the record
+        return json.dumps(json.loads(Path(ref.file).read_bytes())[ref.line - 1], ensure_ascii=False).encode()
+    with open(ref.file, "rb") as f:
+        f.seek(ref.offset)
+        return f.read(ref.length)
+
+
+def read_messages(ref: ExampleRef) -> list[dict[str, str]]:
+    return to_messages(json.loads(read_record_bytes(ref)))
+
+
+class ChatEncoder:
+    """Renders messages with the chat template and labels the assistant tokens only."""
+
+    def __init__(self, tokenizer, max_length: int):
+        if tokenizer.chat_template is None:
+            tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def _render(self, messages, generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def assistant_spans(self, messages) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered text and the character spans of assistant turns (with their end-of-turn marker)."""
+        text = self._render(messages)
+        spans = []
+        for k, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            start = len(self._render(messages[:k], generation_prompt=True)) if k else 0
+            end = len(self._render(messages[: k + 1]))
+            if not text.startswith(self._render(messages[: k + 1])) or start > end:
+                raise ValueError("the chat template does not render conversations prefix by prefix")
+            spans.append((start, end))
+        return text, spans
+
+    def encode(self, messages) -> tuple[list[int], list[int]]:
+        """(input_ids, labels), truncated to max_length; labels are IGNORE_INDEX outside assistant turns."""
+        text, spans = self.assistant_spans(messages)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                             truncation=True, max_length=self.max_length)
+        ids = enc["input_ids"]
+        labels = [
+            tok if any(s <= a < e for s, e in spans) else IGNORE_INDEX
+            for tok, (a, _) in zip(ids, enc["offset_mapping"])
+        ]
+        return ids, labels
+
+
+def label_count(labels: list[int]) -> int:
+    """Tokens that carry a loss (the first token is never predicted)."""
+    return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+
+
+def index_examples(
+    paths: list[Path], encoder: ChatEncoder, skip_bad: bool = False
+) -> tuple[list[ExampleRef], list[BadRecord], list[DataFile]]:
+    """Read, validate and tokenize every record of the files (streaming: only counts are kept)."""
+    examples, bad, files = [], [], []
+    for path in map(Path, paths):
+        count = 0
+        for ref, messages, problem in scan_file(path, skip_bad):
+            if problem is not None:
+                bad.append(problem)
+                continue
+            try:
+                ids, labels = encoder.encode(messages)
+            except ValueError as e:
+                raise DataError(path, ref.line, str(e)) from None
+            examples.append(replace(ref, tokens=len(ids), label_tokens=label_count(labels)))
+            count += 1
+        files.append(DataFile(path=str(path), sha256=file_sha256(path), records=count))
+    return examples, bad, files
+
+
+def encode_refs(refs: list[ExampleRef], encoder: ChatEncoder) -> list[tuple[list[int], list[int]]]:
+    return [encoder.encode(read_messages(ref)) for ref in refs]
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch. Padding never changes an example's loss: it is masked and unlabelled."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def per_example_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token loss over each example's label tokens: shape (batch,). Every row needs a label."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    token_loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return token_loss.sum(1) / (labels != IGNORE_INDEX).sum(1)

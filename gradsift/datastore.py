@@ -1,0 +1,132 @@
+"""The gradient datastore: one folder per (model, warmup run, dataset, gradient kind, projection).
+
+On disk (format version ``STORE_FORMAT``)::
+
+    STORE/
+      manifest.json            everything that decides whether two stores can be compared
+      index.jsonl              one line per row: file, line, byte span, id, source, subtask,
+                               tokens, label_tokens, status ("ok" | "no_label_tokens")
+      features/<checkpoint>.npy  (rows, dim) float16, L2-normalised rows, memory-mappable
+      progress.json            rows committed per checkpoint (rows are committed in order)
+
+Rows follow the data files in the order given, records in file order. A row whose status is not
+"ok" stays all-zero and is never scored. Only this class reads or writes these files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .data import ExampleRef
+from .errors import ConfigError, StoreMismatchError
+from .files import atomic_write_bytes, atomic_write_json, read_json
+
+STORE_FORMAT = 1
+FEATURE_DTYPE = np.float16
+
+# Manifest fields that must agree between a pool store and a target store before they are compared.
+COMPARABLE = ("format", "model", "run", "checkpoints", "projection", "max_length", "parameters")
+
+
+class GradientStore:
+    def __init__(self, path: Path, manifest: dict, index: list[ExampleRef]):
+        self.path, self.manifest, self.index = Path(path), manifest, index
+
+    # -- creating and opening ------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, manifest: dict, index: list[ExampleRef]) -> "GradientStore":
+        """Lay out a new, empty store (status "building") with zero-filled feature files."""
+        path = Path(path)
+        (path / "features").mkdir(parents=True, exist_ok=True)
+        manifest = {**manifest, "format": STORE_FORMAT, "status": "building", "rows": len(index)}
+        lines = "".join(json.dumps(asdict(ref), ensure_ascii=False) + "\n" for ref in index)
+        atomic_write_bytes(path / "index.jsonl", lines.encode())
+        dim = manifest["projection"]["dim"]
+        for checkpoint in manifest["checkpoints"]:
+            np.lib.format.open_memmap(
+                cls._feature_path(path, checkpoint["name"]), mode="w+", dtype=FEATURE_DTYPE, shape=(len(index), dim)
+            ).flush()
+        atomic_write_json(path / "progress.json", {c["name"]: 0 for c in manifest["checkpoints"]})
+        atomic_write_json(path / "manifest.json", manifest)  # last: its presence means the layout is whole
+        return cls(path, manifest, index)
+
+    @classmethod
+    def open(cls, path: Path) -> "GradientStore":
+        path = Path(path)
+        if not (path / "manifest.json").exists():
+            raise ConfigError(f"{path} is not a gradient store (no manifest.json); build one with `gradsift build`")
+        manifest = read_json(path / "manifest.json")
+        if manifest.get("format") != STORE_FORMAT:
+            raise ConfigError(f"{path}: store format {manifest.get('format')} is not the supported {STORE_FORMAT}")
+        with open(path / "index.jsonl") as f:
+            index = [ExampleRef(**json.loads(line)) for line in f]
+        if len(index) != manifest["rows"]:
+            raise ConfigError(f"{path}: index.jsonl has {len(index)} rows, the manifest says {manifest['rows']}")
+        return cls(path, manifest, index)
+
+    @staticmethod
+    def _feature_path(path: Path, checkpoint: str) -> Path:
+        return path / "features" / f"{checkpoint}.npy"
+
+    # -- reading ---------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoints(self) -> list[dict]:
+        return self.manifest["checkpoints"]
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest["status"] == "complete"
+
+    def features(self, checkpoint: str, mode: str = "r") -> np.memmap:
+        return np.load(self._feature_path(self.path, checkpoint), mmap_mode=mode)
+
+    def ok_mask(self) -> np.ndarray:
+        return np.array([ref.status == "ok" for ref in self.index], dtype=bool)
+
+    # -- writing (resumable) ---------------------------------------------------------------------
+    def committed(self) -> dict[str, int]:
+        return read_json(self.path / "progress.json")
+
+    def write_rows(self, checkpoint: str, start: int, rows: np.ndarray) -> None:
+        """Write rows [start, start+len(rows)) and commit them: after this returns they are durable, and
+        the progress file (rewritten atomically after the data is flushed) never claims rows not on disk."""
+        progress = self.committed()
+        if start != progress[checkpoint]:
+            raise RuntimeError(f"{self.path}: rows of {checkpoint} must be committed in order "
+                               f"(next is {progress[checkpoint]}, got {start})")
+        features = self.features(checkpoint, mode="r+")
+        features[start: start + len(rows)] = rows.astype(FEATURE_DTYPE)
+        features.flush()
+        del features
+        progress[checkpoint] = start + len(rows)
+        atomic_write_json(self.path / "progress.json", progress)
+
+    def finish(self) -> None:
+        progress = self.committed()
+        short = {c: n for c, n in progress.items() if n != len(self.index)}
+        if short:
+            raise RuntimeError(f"{self.path}: cannot finish, checkpoints not fully written: {short}")
+        self.manifest["status"] = "complete"
+        atomic_write_json(self.path / "manifest.json", self.manifest)
+
+    # -- comparing -------------------------------------------------------------------------------
+    def check_comparable(self, other: "GradientStore") -> None:
+        """Refuse to compare stores whose model, run, checkpoints, projection or parameters differ."""
+        differ = [k for k in COMPARABLE if self.manifest.get(k) != other.manifest.get(k)]
+        if differ:
+            lines = [f"  {k}: {json.dumps(self.manifest.get(k))[:200]}  vs  {json.dumps(other.manifest.get(k))[:200]}"
+                     for k in differ]
+            raise StoreMismatchError(
+                f"stores {self.path} and {other.path} cannot be compared; they differ in:\n" + "\n".join(lines)
+            )
+        for store in (self, other):
+            if not store.complete:
+                raise StoreMismatchError(f"store {store.path} is not complete; finish it with `gradsift build`")

@@ -1,0 +1,43 @@
+"""Pure math of the gradient features: the Adam-aware feature and row normalisation."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+AdamForm = Literal["corrected", "less"]
+
+# The reference LESS code's constants: it ignores the optimizer's own betas and eps.
+LESS_BETAS = (0.9, 0.999)
+LESS_EPS = 1e-8
+
+
+def adam_feature(
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: int,
+    betas: tuple[float, float],
+    eps: float,
+    form: AdamForm = "corrected",
+) -> torch.Tensor:
+    """The update direction Adam would take from ``grad`` at a checkpoint (SPEC §1.3).
+
+    ``grad`` is (batch, n) or (n,); ``exp_avg``/``exp_avg_sq`` are the checkpoint's moments (n,),
+    ``step`` the optimizer steps already taken. ``corrected``: bias-corrected moments with eps
+    outside the square root, as Adam applies them. ``less``: the reference code's formula,
+    m' / sqrt(v' + 1e-8) with betas 0.9/0.999 and no bias correction.
+    """
+    b1, b2 = LESS_BETAS if form == "less" else betas
+    m = b1 * exp_avg + (1 - b1) * grad
+    v = b2 * exp_avg_sq + (1 - b2) * grad.square()
+    if form == "less":
+        return m / torch.sqrt(v + LESS_EPS)
+    t = step + 1
+    return (m / (1 - b1**t)) / (torch.sqrt(v / (1 - b2**t)) + eps)
+
+
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """Unit L2 rows; an all-zero row stays zero (cosine 0 with everything, never NaN)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)

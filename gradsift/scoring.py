@@ -1,0 +1,53 @@
+"""Pure math of scoring: checkpoint-weighted cosine similarity, aggregation over targets, top-k."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+Aggregate = Literal["subtask-mean-max", "mean", "max"]
+
+
+def checkpoint_weights(lrs: list[float]) -> np.ndarray:
+    """LESS weighs each checkpoint by its learning rate, normalised to sum 1."""
+    lrs = np.asarray(lrs, dtype=np.float64)
+    if (lrs < 0).any() or lrs.sum() <= 0:
+        raise ValueError(f"checkpoint learning rates must be non-negative with a positive sum, got {lrs.tolist()}")
+    return lrs / lrs.sum()
+
+
+def weighted_similarity(pool: list[torch.Tensor], target: list[torch.Tensor], weights: np.ndarray) -> torch.Tensor:
+    """s_ij = sum_c w_c cos(pool_i^c, target_j^c) for unit-norm rows: (n_pool, n_target), float32."""
+    total = torch.zeros(pool[0].shape[0], target[0].shape[0])
+    for p, t, w in zip(pool, target, weights):
+        total += float(w) * (p.float() @ t.float().T)
+    return total
+
+
+def aggregate(similarity: torch.Tensor, subtasks: list[str], how: Aggregate = "subtask-mean-max") -> torch.Tensor:
+    """One score per pool row from its similarities to every target example.
+
+    ``subtask-mean-max`` (the paper's rule): mean over each subtask's examples, then max over subtasks.
+    ``mean``: mean over all target examples. ``max``: max over all target examples."""
+    if how == "mean":
+        return similarity.mean(1)
+    if how == "max":
+        return similarity.max(1).values
+    if how != "subtask-mean-max":
+        raise ValueError(f"unknown aggregation {how!r}")
+    names = sorted(set(subtasks))
+    groups = torch.tensor([names.index(s) for s in subtasks])
+    sums = torch.zeros(similarity.shape[0], len(names)).index_add_(1, groups, similarity)
+    counts = torch.bincount(groups, minlength=len(names)).to(similarity.dtype)
+    return (sums / counts).max(1).values
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, best first; ties go to the lower index (earlier in the pool).
+    NaN is not a score: callers must not pass it."""
+    if np.isnan(scores).any():
+        raise ValueError("NaN in scores")
+    order = np.lexsort((np.arange(len(scores)), -scores.astype(np.float64)))
+    return order[:k]
