@@ -254,10 +254,15 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 
 
 def per_example_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token loss over each example's label tokens: shape (batch,). Every row needs a label."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    """Mean next-token loss over each example's label tokens: shape (batch,). Every row needs a label.
+
+    Logits are computed only at positions whose next token is labelled in some row: the LM head
+    is a fifth of a small model, and prompts are usually most of an example."""
     labels = batch["labels"][:, 1:]
+    keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    labels = labels[:, keep]
     token_loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
     )
     return token_loss.sum(1) / (labels != IGNORE_INDEX).sum(1)

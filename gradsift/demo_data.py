@@ -73,7 +73,7 @@ ROLES = ("system", "user", "assistant")
 
 Message = dict[str, str]
 Record = dict[str, object]
-Converter = Callable[[dict], "list[Message] | None"]  # a raw source record -> chat, or None to skip
+Converter = Callable[[dict], list[Message] | None]  # a raw source record -> chat, or None to skip
 
 
 class MissingDemoDataError(GradsiftError, FileNotFoundError):
@@ -185,6 +185,9 @@ def _evals_messages(raw: dict) -> list[Message] | None:
         if not isinstance(message.get("content"), str):
             return None
         messages.append({"role": message["role"], "content": message["content"]})
+    if not any(message["role"] == "user" for message in messages):
+        # Some families put the whole question in a system message; a chat needs a user turn.
+        messages[-1]["role"] = "user"
     return messages + [{"role": "assistant", "content": ideal.strip()}]
 
 

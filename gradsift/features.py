@@ -39,5 +39,9 @@ def adam_feature(
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """Unit L2 rows; an all-zero row stays zero (cosine 0 with everything, never NaN)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    """Unit L2 rows; an all-zero row stays zero (cosine 0 with everything, never NaN).
+
+    Rows are first scaled by their largest magnitude, so squares of tiny entries cannot underflow."""
+    tiny = torch.finfo(x.dtype).tiny
+    x = x / x.abs().amax(dim=-1, keepdim=True).clamp_min(tiny)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(tiny)

@@ -39,7 +39,7 @@ def aggregate(similarity: torch.Tensor, subtasks: list[str], how: Aggregate = "s
         raise ValueError(f"unknown aggregation {how!r}")
     names = sorted(set(subtasks))
     groups = torch.tensor([names.index(s) for s in subtasks])
-    sums = torch.zeros(similarity.shape[0], len(names)).index_add_(1, groups, similarity)
+    sums = torch.zeros(similarity.shape[0], len(names), dtype=similarity.dtype).index_add_(1, groups, similarity)
     counts = torch.bincount(groups, minlength=len(names)).to(similarity.dtype)
     return (sums / counts).max(1).values
 

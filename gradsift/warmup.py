@@ -18,6 +18,7 @@ import math
 import shutil
 import tempfile
 import uuid
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class WarmupConfig:
     batch_size: int = field(default=128, metadata={"help": "examples per optimizer step"})
     micro_batch_size: int = field(default=8, metadata={"help": "examples per forward/backward pass"})
     max_length: int = field(default=2048, metadata={"help": "truncate examples to this many tokens"})
-    seed: int = field(default=0, metadata={"help": "seed for the sample, the data order and dropout"})
+    seed: int = field(default=0, metadata={"help": "seed for the sample, the LoRA init, the data order and dropout"})
     skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
 
@@ -217,6 +218,7 @@ def warmup(config: WarmupConfig) -> Run:
     sample = [usable[i] for i in sorted(rng.choice(len(usable), size=size, replace=False))]
     encoded = encode_refs(sample, encoder)
 
+    torch.manual_seed(config.seed)  # LoRA's initial A: the same run from the same config
     model = get_peft_model(base, lora_config(config.fingerprint()))
     params = [p for _, p in lora_parameters(model)]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -228,8 +230,10 @@ def warmup(config: WarmupConfig) -> Run:
     output.mkdir(parents=True, exist_ok=True)
     if run.checkpoints:
         _restore(model, optimizer, run.checkpoints[-1])
-        for _ in range(run.checkpoints[-1].step):
-            scheduler.step()
+        with warnings.catch_warnings():  # fast-forwarding the schedule is not a skipped optimizer step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(run.checkpoints[-1].step):
+                scheduler.step()
     run.save()
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# The test models are tiny: one thread is much faster than several contending for a few cores.
+torch.set_num_threads(1)
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"

@@ -1,4 +1,4 @@
-"""The demo data is assembled from installed packages: right files, valid records, seeded sampling."""
+"""Demo data assembled from installed packages: right files, valid records, seeded sampling."""
 
 from __future__ import annotations
 
@@ -103,8 +103,8 @@ def test_targets_carry_their_subtasks(built: DemoData) -> None:
     mmlu = _read(built.targets["mmlu"][0])
     subjects = [record["subtask"] for record in mmlu]
     shipped = distribution("lm-eval").locate_file(demo_data.MMLU_DIR)
-    first_ten = sorted(path.stem.removeprefix("mmlu_") for path in Path(shipped).glob("mmlu_*.yaml"))
-    assert list(dict.fromkeys(subjects)) == first_ten[:10]
+    every = sorted(path.stem.removeprefix("mmlu_") for path in Path(shipped).glob("mmlu_*.yaml"))
+    assert list(dict.fromkeys(subjects)) == every[:10]
     assert all(4 <= subjects.count(subject) <= 5 for subject in subjects)
     assert all(r["messages"][-1]["content"].startswith("Let's think step by step.") for r in mmlu)
 
@@ -151,3 +151,11 @@ def test_rejects_empty_requests(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mmlu_subjects"):
         build_demo_data(tmp_path, mmlu_subjects=0)
     assert issubclass(MissingDemoDataError, FileNotFoundError)
+
+
+def test_unicode_line_separators_stay_inside_their_record(tmp_path: Path) -> None:
+    message = {"role": "assistant", "content": "a\u2028b\x85c é"}
+    record = {"messages": [message], "id": "x", "source": "s"}
+    path = demo_data._write_jsonl(tmp_path / "one.jsonl", [record])
+    assert _read(path) == [record]
+    assert "é" in path.read_text(encoding="utf-8")  # not escaped: ensure_ascii=False

@@ -1,0 +1,118 @@
+"""Command line: ``gradsift warmup | build | select | run | demo``. Each subcommand maps one-to-one onto
+a stage's config dataclass, whose field help strings and defaults are the flags' help and defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+from . import __version__
+from .errors import GradsiftError
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per dataclass field: lists take several values, Literals become choices, bools switches."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `X | None`
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+        kw: dict = {"help": f.metadata.get("help", ""), "dest": f.name}
+        if kind is bool:
+            parser.add_argument(_flag(f.name), action="store_true", **kw)
+            continue
+        if typing.get_origin(kind) is list:
+            kind, kw["nargs"] = typing.get_args(kind)[0], "+"
+        if typing.get_origin(kind) is typing.Literal:
+            kw["choices"], kind = typing.get_args(kind), str
+        if required:
+            kw["required"] = True
+        else:
+            kw["default"] = default
+            kw["help"] += f" (default: {default})"
+        parser.add_argument(_flag(f.name), type=kind, **kw)
+
+
+def _config(cls, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .build import BuildConfig
+    from .select import SelectConfig
+    from .warmup import WarmupConfig
+
+    parser = argparse.ArgumentParser(prog="gradsift", description="Select the training data that most helps a "
+                                     "target capability, with LESS gradient features.")
+    parser.add_argument("--version", action="version", version=f"gradsift {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("warmup", help="LoRA warmup on a random fraction of the pool; one checkpoint per epoch")
+    add_config_arguments(p, WarmupConfig)
+    p.set_defaults(config_class=WarmupConfig)
+
+    p = sub.add_parser("build", help="gradient feature store of a dataset at every checkpoint of a run")
+    add_config_arguments(p, BuildConfig)
+    p.set_defaults(config_class=BuildConfig)
+
+    p = sub.add_parser("select", help="score the pool against targets and write the top examples")
+    add_config_arguments(p, SelectConfig)
+    p.set_defaults(config_class=SelectConfig)
+
+    p = sub.add_parser("run", help="the whole pipeline from one YAML config file")
+    p.add_argument("config", type=Path, help="pipeline YAML (see gradsift.pipeline)")
+
+    p = sub.add_parser("demo", help="the whole pipeline on SmolLM2-135M with real pool and target data")
+    p.add_argument("--output", type=Path, default=Path("gradsift-demo"), help="output folder (default: gradsift-demo)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "warmup":
+            from .warmup import warmup
+
+            run = warmup(_config(args.config_class, args))
+            print(f"run: {run.path} ({len(run.checkpoints)} checkpoints, LRs "
+                  f"{', '.join(f'{c.lr:.3g}' for c in run.checkpoints)})")
+        elif args.command == "build":
+            from .build import build
+
+            store = build(_config(args.config_class, args))
+            print(f"store: {store.path} ({len(store.index)} rows x {store.manifest['projection']['dim']} dims, "
+                  f"{len(store.checkpoints)} checkpoints)")
+        elif args.command == "select":
+            from .report import print_selection
+            from .select import select
+
+            for selection in select(_config(args.config_class, args)):
+                print_selection(selection)
+        elif args.command == "run":
+            from .pipeline import load_pipeline, run_pipeline
+            from .report import print_selection
+
+            for selection in run_pipeline(load_pipeline(args.config)):
+                print_selection(selection)
+        elif args.command == "demo":
+            from .demo import demo
+
+            demo(args.output)
+    except GradsiftError as e:
+        print(f"gradsift {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

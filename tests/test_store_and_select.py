@@ -1,0 +1,341 @@
+"""Datastore and selection, end to end on a tiny model: warmup -> build(adam, pool) -> build(sgd, target)
+-> select; resumable builds; refusing incomparable stores; the scoring math."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import WORDS, write_jsonl
+
+from gradsift.build import BuildConfig, build
+from gradsift.datastore import GradientStore
+from gradsift.errors import ConfigError, StoreMismatchError
+from gradsift.scoring import aggregate, checkpoint_weights, top_k, weighted_similarity
+from gradsift.select import SelectConfig, select
+from gradsift.warmup import Run, WarmupConfig, warmup
+
+# The target skill has its own words; the pool is general text. LoRA features of a random tiny model are
+# dominated by Adam's shared momentum, so copies of the targets only stand out reliably from pool
+# examples that do not share the target's content (checked over 12 data seeds with these settings).
+TARGET_WORDS = "translate french hello world yes no question answer".split()
+POOL_WORDS = [w for w in WORDS if w not in TARGET_WORDS]
+MAX_LENGTH = 64
+DIM = 2048
+
+
+def say(rng: random.Random, words: list[str], lo: int, hi: int) -> str:
+    return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+
+def chat(rng, words, rid, answer=(2, 15)) -> dict:
+    return {"id": rid, "messages": [{"role": "user", "content": say(rng, words, 3, 20)},
+                                    {"role": "assistant", "content": say(rng, words, *answer)}]}
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """pool_a.jsonl and pool_b.jsonl with three copies of the target examples in three formats and
+    unusual formatting, one example whose answer is truncated away, and target.jsonl."""
+    root = tmp_path_factory.mktemp("select-data")
+    rng = random.Random(4)
+    target = [chat(rng, TARGET_WORDS, f"t{k}", answer=(8, 15)) | {"subtask": f"skill{k}"} for k in range(3)]
+    target_path = write_jsonl(root / "target.jsonl", target)
+    (u0, a0), (u1, a1), (u2, a2) = ((t["messages"][0]["content"], t["messages"][1]["content"]) for t in target)
+    copies = {  # same conversation as a target example; written differently
+        "copy0": json.dumps({"messages": target[0]["messages"], "id": "copy0", "source": "web é"},
+                            ensure_ascii=False, separators=(",", ":")),
+        "copy1": '{ "prompt" : ' + json.dumps(u1) + ', "completion": ' + json.dumps(a1) + ', "id": "copy1" }',
+        "copy2": json.dumps({"id": "copy2", "instruction": u2, "input": "", "output": a2}, indent=None),
+    }
+    pool_a = [json.dumps(chat(rng, POOL_WORDS, f"a{k}")) for k in range(24)]
+    pool_b = [json.dumps(chat(rng, POOL_WORDS, f"b{k}")) for k in range(24)]
+    no_label = {"id": "nolabel", "prompt": say(rng, POOL_WORDS, 80, 80), "completion": "yes"}
+    pool_a.insert(5, copies["copy0"])
+    pool_a.insert(17, json.dumps(no_label))
+    pool_b.insert(3, copies["copy1"])
+    pool_b.insert(20, copies["copy2"])
+    return {
+        "root": root, "target": target_path, "copies": copies,
+        "pool": [write_lines(root / "pool_a.jsonl", pool_a), write_lines(root / "pool_b.jsonl", pool_b)],
+    }
+
+
+def warmup_config(model_dir, data, output, **overrides) -> WarmupConfig:
+    settings = dict(model=str(model_dir), train=data["pool"], output=output, fraction=1.0, epochs=2, lora_r=4,
+                    lora_alpha=8.0, lora_dropout=0.0, learning_rate=1e-2, warmup_ratio=0.1, batch_size=4,
+                    micro_batch_size=4, max_length=MAX_LENGTH, seed=0, device="cpu")
+    settings.update(overrides)
+    return WarmupConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, data):
+    return warmup(warmup_config(tiny_model_dir, data, data["root"] / "run"))
+
+
+def pool_config(run, fx, output, **overrides) -> BuildConfig:
+    settings = dict(run=run.path, data=fx["pool"], output=output, gradient="adam", dim=DIM, seed=0,
+                    batch_size=8, chunk_size=16, device="cpu")
+    settings.update(overrides)
+    return BuildConfig(**settings)
+
+
+def target_config(run, fx, output, **overrides) -> BuildConfig:
+    settings = dict(run=run.path, data=[fx["target"]], output=output, gradient="sgd", dim=DIM, seed=0,
+                    device="cpu")
+    settings.update(overrides)
+    return BuildConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def stores(run, data):
+    pool = build(pool_config(run, data, data["root"] / "pool-store"))
+    target = build(target_config(run, data, data["root"] / "target-store"))
+    return pool, target
+
+
+@pytest.fixture(scope="module")
+def selection(stores, data):
+    pool, target = stores
+    out = data["root"] / "selection"
+    select(SelectConfig(train_store=pool.path, target_store=[target.path], output=out, count=3))
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return out, rows
+
+
+# -- selection -------------------------------------------------------------------------------------
+
+def test_copies_of_the_targets_rank_first(selection):
+    out, rows = selection
+    ranked = sorted((r for r in rows if r["rank"]), key=lambda r: int(r["rank"]))
+    assert {r["id"] for r in ranked[:3]} == {"copy0", "copy1", "copy2"}
+    assert [r["selected"] for r in ranked[:4]] == ["1", "1", "1", "0"]
+    assert float(ranked[2]["score"]) > float(ranked[3]["score"])
+
+
+def test_selected_records_are_verbatim_best_first(selection, data):
+    out, rows = selection
+    by_rank = {int(r["rank"]): r for r in rows if r["rank"]}
+    expected = []
+    for rank in (1, 2, 3):
+        r = by_rank[rank]
+        source_lines = Path(r["file"]).read_bytes().split(b"\n")
+        expected.append(source_lines[int(r["line"]) - 1])
+    assert (out / "selected.jsonl").read_bytes() == b"".join(line + b"\n" for line in expected)
+    assert sorted(expected) == sorted(c.encode() for c in data["copies"].values())
+
+
+def test_scores_csv_one_row_per_pool_example(selection, data, stores):
+    out, rows = selection
+    pool, _ = stores
+    assert len(rows) == 52 == len(pool.index)
+    assert [(r["file"], int(r["line"])) for r in rows] == [(ref.file, ref.line) for ref in pool.index]
+    assert list(rows[0]) == ["file", "line", "id", "source", "score", "rank", "selected", "status"]
+    assert "nan" not in (out / "scores.csv").read_text().lower()
+    (skipped,) = [r for r in rows if r["status"] != "ok"]
+    assert skipped["id"] == "nolabel" and skipped["status"] == "no_label_tokens"
+    assert skipped["score"] == "" and skipped["rank"] == "" and skipped["selected"] == "0"
+    scored = [r for r in rows if r["status"] == "ok"]
+    assert sorted(int(r["rank"]) for r in scored) == list(range(1, 52))
+    assert all(np.isfinite(float(r["score"])) for r in scored)
+    # ranks follow scores
+    by_rank = sorted(scored, key=lambda r: int(r["rank"]))
+    assert all(float(a["score"]) >= float(b["score"]) for a, b in zip(by_rank, by_rank[1:]))
+    assert next(r for r in rows if r["id"] == "copy0")["source"] == "web é"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["selected"] == 3 and summary["pool"]["skipped"]["no_label_tokens"] == 1
+
+
+def test_scores_equal_lr_weighted_cosines_recomputed_from_the_store(selection, stores, run):
+    """s_ij = sum_c w_c cos, w_c = checkpoint LR / sum (from the run, not the store); mean per subtask,
+    max over subtasks. Each target example is its own subtask here, so the score is a max over them."""
+    out, rows = selection
+    pool, target = stores
+    lrs = [c.lr for c in Run.open(run.path).checkpoints]
+    weights = [lr / sum(lrs) for lr in lrs]
+    sim = 0
+    for w, c in zip(weights, Run.open(run.path).checkpoints):
+        p = np.load(pool.path / "features" / f"{c.path.name}.npy").astype(np.float64)
+        t = np.load(target.path / "features" / f"{c.path.name}.npy").astype(np.float64)
+        sim = sim + w * (p @ t.T)
+    expected = sim.max(axis=1)
+    for i, r in enumerate(rows):
+        if r["status"] == "ok":
+            assert float(r["score"]) == pytest.approx(expected[i], abs=2e-6)
+
+
+def test_store_layout_and_manifest(stores, run, data):
+    pool, target = stores
+    m = pool.manifest
+    assert m["status"] == "complete" and m["rows"] == 52 and m["gradient"] == "adam" and m["adam_form"] == "corrected"
+    assert m["run"] == run.id and m["max_length"] == MAX_LENGTH
+    assert [c["name"] for c in m["checkpoints"]] == [c.path.name for c in run.checkpoints]
+    assert [c["lr"] for c in m["checkpoints"]] == [c.lr for c in run.checkpoints]
+    assert sum(c["weight"] for c in m["checkpoints"]) == pytest.approx(1.0)
+    assert m["projection"] == {"kind": "dense", "input_dim": m["parameters"]["count"], "dim": DIM, "seed": 0}
+    assert m["counts"] == {"examples": 52, "ok": 51, "no_label_tokens": 1, "bad_records": 0}
+    assert [f["path"] for f in m["files"]] == [str(p) for p in data["pool"]]
+    assert target.manifest["gradient"] == "sgd" and target.manifest["adam_form"] is None
+    ok = pool.ok_mask()
+    for c in pool.checkpoints:
+        features = pool.features(c["name"])
+        assert features.dtype == np.float16 and features.shape == (52, DIM)
+        norms = np.linalg.norm(np.asarray(features, np.float32), axis=1)
+        assert np.allclose(norms[ok], 1.0, atol=2e-3) and (norms[~ok] == 0).all()
+        assert not np.isnan(np.asarray(features, np.float32)).any()
+    # the store re-opens from disk to the same index
+    assert GradientStore.open(pool.path).index == pool.index
+
+
+def test_complete_build_is_returned_untouched(stores, run, data):
+    pool, _ = stores
+    before = {p.name: p.read_bytes() for p in (pool.path / "features").iterdir()}
+    mtime = (pool.path / "manifest.json").stat().st_mtime_ns
+    again = build(pool_config(run, data, pool.path))
+    assert again.complete
+    assert {p.name: p.read_bytes() for p in (pool.path / "features").iterdir()} == before
+    assert (pool.path / "manifest.json").stat().st_mtime_ns == mtime
+
+
+# -- resuming --------------------------------------------------------------------------------------
+
+def test_interrupted_build_resumes_to_identical_bytes(stores, run, data, tmp_path, monkeypatch):
+    pool, target = stores
+    output = tmp_path / "pool-store"
+    real_write = GradientStore.write_rows
+    calls = []
+
+    def write_then_crash(self, checkpoint, start, rows):
+        if len(calls) == 5:  # 4 chunks per checkpoint: dies inside the second checkpoint
+            raise KeyboardInterrupt("killed")
+        calls.append((checkpoint, start))
+        return real_write(self, checkpoint, start, rows)
+
+    monkeypatch.setattr(GradientStore, "write_rows", write_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        build(pool_config(run, data, output))
+    monkeypatch.setattr(GradientStore, "write_rows", real_write)
+
+    partial = GradientStore.open(output)
+    assert not partial.complete
+    first, second = (c.path.name for c in run.checkpoints)
+    assert partial.committed() == {first: 52, second: 16}
+    with pytest.raises(StoreMismatchError, match="not complete"):
+        partial.check_comparable(target)
+    committed = np.load(output / "features" / f"{second}.npy")[:16].tobytes()
+
+    resumed_writes = []
+    monkeypatch.setattr(GradientStore, "write_rows",
+                        lambda self, c, s, r: (resumed_writes.append((c, s)), real_write(self, c, s, r))[1])
+    resumed = build(pool_config(run, data, output))
+    assert resumed.complete
+    assert resumed_writes == [(second, 16), (second, 32), (second, 48)]  # nothing committed is redone
+    assert np.load(output / "features" / f"{second}.npy")[:16].tobytes() == committed
+    for c in run.checkpoints:
+        name = f"{c.path.name}.npy"
+        assert (output / "features" / name).read_bytes() == (pool.path / "features" / name).read_bytes()
+    assert (output / "index.jsonl").read_bytes() == (pool.path / "index.jsonl").read_bytes()
+
+
+# -- refusing what cannot be compared --------------------------------------------------------------
+
+@pytest.mark.parametrize("change, field", [({"seed": 1}, "projection"), ({"dim": 512}, "projection"),
+                                           ({"max_length": 48}, "max_length")])
+def test_stores_with_other_projection_or_settings_are_not_comparable(stores, run, data, tmp_path, change, field):
+    pool, _ = stores
+    other = build(target_config(run, data, tmp_path / "target", **change))
+    with pytest.raises(StoreMismatchError) as info:
+        pool.check_comparable(other)
+    message = str(info.value)
+    assert f"  {field}:" in message and str(pool.path) in message and str(other.path) in message
+    assert "  run:" not in message and "  model:" not in message
+    with pytest.raises(StoreMismatchError):
+        select(SelectConfig(train_store=pool.path, target_store=[other.path], output=tmp_path / "out", count=3))
+    assert not (tmp_path / "out").exists()
+
+
+def test_stores_from_different_runs_are_not_comparable(stores, tiny_model_dir, data, tmp_path):
+    pool, _ = stores
+    other_run = warmup(warmup_config(tiny_model_dir, data, tmp_path / "run2", seed=1))
+    other = build(target_config(other_run, data, tmp_path / "target"))
+    with pytest.raises(StoreMismatchError, match="  run:") as info:
+        pool.check_comparable(other)
+    assert "projection" not in str(info.value)
+
+
+def test_rebuilding_into_a_folder_with_other_settings_is_refused(stores, run, data):
+    pool, target = stores
+    before = (pool.path / "manifest.json").read_bytes()
+    for change in ({"dim": 512}, {"seed": 3}, {"gradient": "sgd"}, {"adam_form": "less"}, {"data": data["pool"][:1]}):
+        with pytest.raises(StoreMismatchError, match="different build"):
+            build(pool_config(run, data, pool.path, **change))
+    assert (pool.path / "manifest.json").read_bytes() == before
+
+
+def test_select_refuses_impossible_counts(stores, tmp_path):
+    pool, target = stores
+    with pytest.raises(ConfigError):
+        select(SelectConfig(train_store=pool.path, target_store=[target.path], output=tmp_path / "o", count=52))
+    with pytest.raises(ConfigError):
+        select(SelectConfig(train_store=pool.path, target_store=[target.path], output=tmp_path / "o", fraction=0.0))
+
+
+# -- scoring math ----------------------------------------------------------------------------------
+
+def test_aggregate_subtask_mean_max_by_hand():
+    sim = [[0.1, 0.5, 0.3, -0.2, 0.9],
+           [0.4, 0.4, 0.0, 0.6, -0.1],
+           [-0.3, 0.2, 0.8, 0.1, 0.0]]
+    subtasks = ["b", "a", "b", "c", "a"]
+    expected = []
+    for row in sim:
+        means = []
+        for name in ("a", "b", "c"):
+            values = [v for v, s in zip(row, subtasks) if s == name]
+            means.append(sum(values) / len(values))
+        expected.append(max(means))
+    # row 0: a=(0.5+0.9)/2=0.7, b=0.2, c=-0.2 -> 0.7; row 1: a=0.15, b=0.2, c=0.6 -> 0.6
+    assert expected[:2] == pytest.approx([0.7, 0.6])
+    t = torch.tensor(sim, dtype=torch.float64)
+    assert aggregate(t, subtasks).tolist() == pytest.approx(expected, abs=1e-12)
+    assert aggregate(t, subtasks, "mean").tolist() == pytest.approx([sum(r) / 5 for r in sim], abs=1e-12)
+    assert aggregate(t, subtasks, "max").tolist() == pytest.approx([max(r) for r in sim], abs=1e-12)
+    with pytest.raises(ValueError):
+        aggregate(t, subtasks, "median")
+
+
+def test_weighted_similarity_and_weights():
+    assert checkpoint_weights([2e-5, 1e-5, 1e-5]).tolist() == pytest.approx([0.5, 0.25, 0.25])
+    with pytest.raises(ValueError):
+        checkpoint_weights([0.0, 0.0])
+    g = torch.Generator().manual_seed(0)
+    pool = [torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1) for _ in range(2)]
+    target = [torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1) for _ in range(2)]
+    w = np.array([0.25, 0.75])
+    got = weighted_similarity(pool, target, w)
+    for i in range(4):
+        for j in range(3):
+            expected = sum(w[c] * float(pool[c][i] @ target[c][j]) for c in range(2))
+            assert got[i, j].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_top_k_ties_go_to_the_lower_index():
+    scores = np.array([0.5, 0.9, 0.5, 0.9, 0.1, 0.5], dtype=np.float32)
+    assert top_k(scores, 6).tolist() == [1, 3, 0, 2, 5, 4]
+    assert top_k(scores, 3).tolist() == [1, 3, 0]
+    assert top_k(np.zeros(5), 5).tolist() == [0, 1, 2, 3, 4]
+    assert top_k(-np.arange(5.0), 2).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="NaN"):
+        top_k(np.array([0.1, np.nan]), 1)
