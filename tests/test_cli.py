@@ -1,0 +1,94 @@
+"""The command line and the pipeline config on the tiny model: contracts, errors, stage skipping."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+from gradsift.cli import build_parser, main
+from gradsift.pipeline import load_pipeline
+
+from conftest import chat_records, write_jsonl
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("warmup", "build", "select", "run", "demo"):
+        assert command in out
+    for command in ("warmup", "build", "select", "run", "demo"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+
+
+def test_contract_flags_parse():
+    args = build_parser().parse_args(["select", "--train-store", "P", "--target-store", "A", "B", "--output", "O",
+                                      "--count", "7"])
+    assert [str(p) for p in args.target_store] == ["A", "B"] and args.count == 7 and args.fraction == 0.05
+    args = build_parser().parse_args(["warmup", "--model", "m", "--train", "a", "b", "--output", "r"])
+    assert (args.fraction, args.epochs, args.lora_r, args.lora_alpha, args.learning_rate) == (0.05, 4, 128, 512.0, 2e-5)
+    args = build_parser().parse_args(["build", "--run", "r", "--data", "d", "--output", "o"])
+    assert (args.gradient, args.dim, args.adam_form) == ("adam", 8192, "corrected")
+
+
+def test_bad_record_is_a_clear_error(tmp_path, tiny_model_dir, capsys):
+    pool = write_jsonl(tmp_path / "pool.jsonl", chat_records(random.Random(0), 4, "p"))
+    with open(pool, "a") as f:
+        f.write('{"messages": [{"role": "user", "content": "hi"}]\n')  # line 5: truncated JSON
+    code = main(["warmup", "--model", str(tiny_model_dir), "--train", str(pool), "--output", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{pool}:5:" in err and "Traceback" not in err
+
+
+def test_unknown_model_is_a_clear_error(tmp_path, capsys):
+    pool = write_jsonl(tmp_path / "pool.jsonl", chat_records(random.Random(0), 2, "p"))
+    assert main(["warmup", "--model", "no-such-model", "--train", str(pool), "--output", str(tmp_path / "r")]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+
+
+def _pipeline_yaml(tmp_path, model_dir) -> str:
+    rng = random.Random(1)
+    write_jsonl(tmp_path / "data" / "a.jsonl", chat_records(rng, 20, "a"))
+    write_jsonl(tmp_path / "data" / "b.jsonl", chat_records(rng, 20, "b"))
+    write_jsonl(tmp_path / "data" / "t.jsonl", chat_records(rng, 3, "t", "s"))
+    config = {
+        "model": str(model_dir),
+        "workdir": "work",
+        "warmup": {"fraction": 0.5, "epochs": 2, "lora_r": 4, "lora_alpha": 16, "batch_size": 8},
+        "pool": {"data": ["data/a.jsonl", "data/b.jsonl"], "dim": 64},
+        "targets": {"tgt": {"data": ["data/t.jsonl"]}},
+        "select": {"count": 5},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_run_pipeline_then_rerun_skips_finished_stages(tmp_path, tiny_model_dir):
+    config = _pipeline_yaml(tmp_path, tiny_model_dir)
+    assert main(["run", config]) == 0
+    work = tmp_path / "work"
+    selected = (work / "selection" / "selected.jsonl").read_text().splitlines()
+    assert len(selected) == 5
+    target_manifest = json.loads((work / "stores" / "tgt" / "manifest.json").read_text())
+    assert target_manifest["gradient"] == "sgd" and target_manifest["projection"]["dim"] == 64
+    finished = {p: p.stat().st_mtime_ns for p in [*work.rglob("*.npy"), *work.rglob("manifest.json"),
+                                                   work / "run" / "run.json"]}
+    assert main(["run", config]) == 0
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # nothing recomputed
+    assert (work / "selection" / "selected.jsonl").read_text().splitlines() == selected
+
+
+def test_pipeline_rejects_unknown_keys(tmp_path, tiny_model_dir):
+    config = _pipeline_yaml(tmp_path, tiny_model_dir)
+    raw = yaml.safe_load(open(config))
+    raw["pool"]["dims"] = 3
+    open(config, "w").write(yaml.safe_dump(raw))
+    with pytest.raises(Exception, match="unknown keys.*dims"):
+        load_pipeline(config).stage_configs()
