@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from .data import ChatEncoder, collate, encode_refs, index_examples
 from .datastore import GradientStore
 from .errors import StoreMismatchError
-from .features import AdamForm, adam_feature, normalize_rows
+from .features import AdamForm, AdamState, normalize_rows
 from .gradients import PerExampleGradients
 from .models import pick_device
-from .projection import PROJECTORS, make_projector
+from .projection import PROJECTORS, Projector, make_projector
 from .warmup import Run
 
 
@@ -83,7 +83,7 @@ def build(config: BuildConfig) -> GradientStore:
     index, bad, files = index_examples(config.data, encoder, config.skip_bad_records)
 
     with PerExampleGradients(model) as grads:
-        projector = make_projector(config.projection, grads.size, config.dim, config.seed)
+        projector = make_projector(config.projection, grads.shapes, config.dim, config.seed)
         manifest = _manifest(config, run, grads, projector.describe(), max_length, files, bad, index)
         store = _open_or_create(Path(config.output), manifest, index)
         if store.complete:
@@ -100,11 +100,11 @@ def build(config: BuildConfig) -> GradientStore:
             set_peft_model_state_dict(model, checkpoint.adapter_state())
             adam = None
             if config.gradient == "adam":
-                adam = [t.to(device) for t in checkpoint.adam_state(grads.names)]
+                m, v = checkpoint.adam_state(grads.names)
+                adam = AdamState(m.to(device), v.to(device), checkpoint.step, checkpoint.betas, checkpoint.eps)
             for start in range(done[checkpoint.path.name], len(index), config.chunk_size):
                 refs = index[start: start + config.chunk_size]
-                rows = _chunk_features(refs, encoder, tokenizer.pad_token_id, grads, projector, checkpoint, adam,
-                                       config, device)
+                rows = _chunk_features(refs, encoder, tokenizer.pad_token_id, grads, projector, adam, config, device)
                 store.write_rows(checkpoint.path.name, start, rows)
                 bar.update(len(refs))
         bar.close()
@@ -112,7 +112,23 @@ def build(config: BuildConfig) -> GradientStore:
     return store
 
 
-def _chunk_features(refs, encoder, pad_id, grads, projector, checkpoint, adam, config: BuildConfig, device) -> np.ndarray:
+def batch_features(grads: PerExampleGradients, projector: Projector, batch: dict[str, torch.Tensor],
+                   adam: AdamState | None = None, form: AdamForm = "corrected") -> torch.Tensor:
+    """Unit-norm projected features (batch, dim) of one padded batch: Adam features when ``adam`` is
+    given, plain gradients otherwise. Each parameter's gradient is transformed and projected as soon
+    as the backward pass yields it."""
+    out = torch.zeros(batch["input_ids"].shape[0], projector.dim, device=batch["input_ids"].device)
+
+    def consume(param: int, grad: torch.Tensor) -> None:
+        if adam is not None:
+            grad = adam.feature(grad, slice(grads.offsets[param], grads.offsets[param] + grads.numels[param]), form)
+        projector.accumulate(out, param, grad)
+
+    grads.backward(batch, consume)
+    return normalize_rows(out)
+
+
+def _chunk_features(refs, encoder, pad_id, grads, projector, adam, config: BuildConfig, device) -> np.ndarray:
     """Features of one chunk of rows; rows without label tokens stay zero. Batches are length-sorted
     within the chunk, so a chunk's result does not depend on where a build started."""
     rows = np.zeros((len(refs), projector.dim), dtype=np.float32)
@@ -122,10 +138,7 @@ def _chunk_features(refs, encoder, pad_id, grads, projector, checkpoint, adam, c
     for k in range(0, len(ok), config.batch_size):
         members = ok[k: k + config.batch_size]
         batch = {n: t.to(device) for n, t in collate([encoded[i] for i in members], pad_id).items()}
-        g = grads.compute(batch)
-        if adam is not None:
-            g = adam_feature(g, adam[0], adam[1], checkpoint.step, checkpoint.betas, checkpoint.eps, config.adam_form)
-        rows[members] = normalize_rows(projector.project(g)).cpu().numpy()
+        rows[members] = batch_features(grads, projector, batch, adam, config.adam_form).cpu().numpy()
     return rows
 
 

@@ -1,6 +1,6 @@
 """``gradsift demo``: the whole pipeline on the bundled SmolLM2-135M with real pool and target data.
 
-Sized for about 20 minutes on 2 CPU cores: a 900-example pool from nine task families, the 81 BBH
+Sized for about 20 minutes on 2 CPU cores: a 540-example pool from nine task families, the 81 BBH
 and 49 MMLU chain-of-thought shots as targets, a 2-epoch warmup on 10% of the pool, LoRA r=8 and
 a 1024-dimensional projection (the paper's r=128 / 8192 are the CLI defaults; on a GPU use those).
 Everything it writes, including the pipeline YAML to re-run or edit, goes under the output folder.
@@ -28,7 +28,7 @@ DEMO_SETTINGS = {
 }
 
 
-def demo(output: Path = Path("gradsift-demo"), pool_per_source: int = 100) -> list:
+def demo(output: Path = Path("gradsift-demo"), pool_per_source: int = 60) -> list:
     console = Console()
     started = time.time()
     output = Path(output)

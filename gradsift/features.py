@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -36,6 +37,21 @@ def adam_feature(
         return m / torch.sqrt(v + LESS_EPS)
     t = step + 1
     return (m / (1 - b1**t)) / (torch.sqrt(v / (1 - b2**t)) + eps)
+
+
+@dataclass
+class AdamState:
+    """A checkpoint's Adam moments, flattened in parameter order, with the step count, betas and eps."""
+
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    step: int
+    betas: tuple[float, float]
+    eps: float
+
+    def feature(self, grad: torch.Tensor, span: slice, form: AdamForm) -> torch.Tensor:
+        """``adam_feature`` of gradients of the parameters at ``span`` of the flat layout."""
+        return adam_feature(grad, self.exp_avg[span], self.exp_avg_sq[span], self.step, self.betas, self.eps, form)
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:

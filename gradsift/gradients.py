@@ -5,26 +5,38 @@ the LoRA scaling applied to ``lora_B``'s output downstream). For such a layer wi
 output gradients g_t, example b's weight gradient is  sum_t g_{b,t} x_{b,t}^T.  Hooks capture x and g,
 so one backward of the summed per-example losses yields every example's gradient. Right padding adds
 nothing: padded positions carry no loss and no real token attends to them, so their g is exactly 0.
+
+Each parameter's per-example gradient is handed to a consumer as soon as the backward pass reaches
+it, so a caller that reduces it at once (Adam transform + projection) never holds the whole
+(batch, n_params) matrix: peak memory is set by the largest LoRA factor, not by the LoRA size.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from .data import per_example_loss
 from .warmup import lora_parameters
 
+Consumer = Callable[[int, torch.Tensor], None]  # (parameter index, (batch, numel) float32 gradients)
+
 
 class PerExampleGradients:
-    """Context manager: inside it, ``compute(batch)`` returns (batch, n_params) float32 gradients of
-    each example's mean label loss w.r.t. the LoRA parameters, flattened in ``lora_parameters`` order."""
+    """Context manager over a peft model; inside it, ``backward(batch, consume)`` streams every example's
+    gradient of its mean label loss, parameter by parameter, and ``compute(batch)`` gathers them into a
+    (batch, n_params) float32 matrix in ``lora_parameters`` order."""
 
     def __init__(self, model):
         self.model = model
-        self.names = [n for n, _ in lora_parameters(model)]
-        self.shapes = [tuple(p.shape) for _, p in lora_parameters(model)]
-        self.size = sum(p.numel() for _, p in lora_parameters(model))
-        self._grads: list[torch.Tensor | None] = [None] * len(self.names)
+        params = lora_parameters(model)
+        self.names = [n for n, _ in params]
+        self.shapes = [tuple(p.shape) for _, p in params]
+        self.numels = [p.numel() for _, p in params]
+        self.offsets = [sum(self.numels[:i]) for i in range(len(params))]
+        self.size = sum(self.numels)
+        self._consume: Consumer | None = None
         self._handles = []
 
     def __enter__(self) -> "PerExampleGradients":
@@ -43,21 +55,34 @@ class PerExampleGradients:
 
     def _hook(self, i: int):
         def forward_hook(module, inputs, output):
+            if self._consume is None or not output.requires_grad:  # a forward pass outside backward()
+                return
             x = inputs[0].detach()
 
             def backward_hook(grad_output):
-                self._grads[i] = torch.einsum("bto,bti->boi", grad_output.float(), x.float())
+                grad = torch.einsum("bto,bti->boi", grad_output.float(), x.float())
+                self._consume(i, grad.flatten(1))
 
             output.register_hook(backward_hook)
 
         return forward_hook
 
+    def backward(self, batch: dict[str, torch.Tensor], consume: Consumer) -> None:
+        self._consume = consume
+        try:
+            losses = per_example_loss(self.model, batch)
+            if not torch.isfinite(losses).all():
+                raise FloatingPointError("non-finite per-example loss (an example without label tokens?)")
+            losses.sum().backward()
+        finally:
+            self._consume = None
+            self.model.zero_grad(set_to_none=True)  # the batch-summed .grad is not needed
+
     def compute(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        losses = per_example_loss(self.model, batch)
-        if not torch.isfinite(losses).all():
-            raise FloatingPointError("non-finite per-example loss (an example without label tokens?)")
-        losses.sum().backward()
-        self.model.zero_grad(set_to_none=True)  # the summed .grad is not needed
-        grads = torch.cat([g.flatten(1) for g in self._grads], dim=1)
-        self._grads = [None] * len(self.names)
-        return grads
+        out = torch.empty(batch["input_ids"].shape[0], self.size, device=batch["input_ids"].device)
+
+        def gather(i: int, grad: torch.Tensor) -> None:
+            out[:, self.offsets[i]: self.offsets[i] + self.numels[i]] = grad
+
+        self.backward(batch, gather)
+        return out

@@ -1,29 +1,61 @@
 """Random projections of gradient features to a few thousand dimensions.
 
-Every projector is a pure function of (input_dim, dim, seed): the same matrix for every checkpoint,
-for pool and target, and for every process and machine, so stores built apart can be compared.
-The math is float32 whatever the model's dtype.
+A projector is a pure function of (parameter shapes, dim, seed): the same map for every checkpoint,
+for pool and target, in every process and on every machine, so stores built apart can be compared.
+It is applied parameter by parameter (``accumulate``), so the whole (batch, n_params) feature
+matrix never has to exist; the math is float32 whatever the model's dtype.
+
+- ``dense``: the reference method, a dense Rademacher (±1/sqrt(dim)) Johnson-Lindenstrauss matrix.
+  Generated block by block, it costs n_params x dim multiply-adds and random signs per batch.
+- ``sparse``: sparse JL (block construction): every input coordinate lands, with a random sign, in
+  one bucket of each of ``NNZ`` blocks of dim/NNZ; ``NNZ`` = 1 is CountSketch. n_params x NNZ adds.
+- ``kronecker``: per-parameter two-sided projection vec(P_outᵀ G P_in) with small Rademacher
+  P_out (out x a), P_in (in x b), a·b = dim, summed over parameters. About n_params x (b + a·out/in)
+  multiply-adds, from matrices of a few thousand entries.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 
 
+def _stream(seed: int, stream: int) -> np.random.Generator:
+    """A counter-based Philox stream keyed by (seed, stream): the same numbers in any process or machine."""
+    return np.random.Generator(np.random.Philox(key=[seed, stream]))
+
+
+def rademacher(seed: int, stream: int, shape: tuple[int, ...], scale: float) -> torch.Tensor:
+    """±scale entries from the stream (seed, stream)."""
+    rng = _stream(seed, stream)
+    n = math.prod(shape)
+    bits = np.unpackbits(np.frombuffer(rng.bytes(math.ceil(n / 8)), np.uint8), count=n)
+    return torch.from_numpy(bits).view(shape).float().mul_(2 * scale).sub_(scale)
+
+
 class Projector(ABC):
     kind: ClassVar[str]
 
-    def __init__(self, input_dim: int, dim: int, seed: int):
-        self.input_dim, self.dim, self.seed = input_dim, dim, seed
+    def __init__(self, shapes: Sequence[tuple[int, ...]], dim: int, seed: int):
+        self.shapes, self.dim, self.seed = [tuple(s) for s in shapes], dim, seed
+        self.numels = [math.prod(s) for s in self.shapes]
+        self.offsets = np.cumsum([0] + self.numels[:-1]).tolist()
+        self.input_dim = sum(self.numels)
 
     @abstractmethod
+    def accumulate(self, out: torch.Tensor, param: int, grad: torch.Tensor) -> None:
+        """out (batch, dim) += projection of parameter ``param``'s features ``grad`` (batch, numel)."""
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, input_dim) -> (batch, dim), float32."""
+        out = torch.zeros(x.shape[0], self.dim, device=x.device)
+        for i, (offset, n) in enumerate(zip(self.offsets, self.numels)):
+            self.accumulate(out, i, x[:, offset: offset + n].float())
+        return out
 
     def describe(self) -> dict:
         """What a store records, and compares, about its projection."""
@@ -31,43 +63,98 @@ class Projector(ABC):
 
 
 class DenseRademacherProjector(Projector):
-    """The reference method: a dense matrix of ±1/sqrt(dim) entries (a Johnson-Lindenstrauss map).
-
-    The matrix is never held whole (14.7M x 8192 entries for LoRA r=128): it is generated in blocks
-    of ``BLOCK_ROWS`` input rows, each from its own counter-based stream keyed by (seed, block), so any
-    block is reproducible alone, in any process, in any order."""
+    """Never held whole (14.7M x 8192 entries for LoRA r=128): generated in blocks of ``BLOCK_ROWS``
+    input coordinates, each keyed by (seed, block), so any block is reproducible alone."""
 
     kind = "dense"
     BLOCK_ROWS = 1024
 
-    def __init__(self, input_dim: int, dim: int, seed: int, cache_bytes: int = 1 << 30):
-        super().__init__(input_dim, dim, seed)
-        self._cache = {} if input_dim * dim * 4 <= cache_bytes else None
+    def __init__(self, shapes, dim: int, seed: int, cache_bytes: int = 1 << 30):
+        super().__init__(shapes, dim, seed)
+        self._cache = {} if self.input_dim * dim * 4 <= cache_bytes else None
 
-    def block(self, b: int) -> torch.Tensor:
-        if self._cache is not None and b in self._cache:
-            return self._cache[b]
+    def block(self, b: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        if self._cache is not None and (b, str(device)) in self._cache:
+            return self._cache[b, str(device)]
         rows = min(self.BLOCK_ROWS, self.input_dim - b * self.BLOCK_ROWS)
-        rng = np.random.Generator(np.random.Philox(key=[self.seed, b]))
-        bits = np.unpackbits(np.frombuffer(rng.bytes(math.ceil(rows * self.dim / 8)), np.uint8), count=rows * self.dim)
-        block = torch.from_numpy(bits).view(rows, self.dim).float().mul_(2 / math.sqrt(self.dim)).sub_(1 / math.sqrt(self.dim))
+        block = rademacher(self.seed, b, (rows, self.dim), 1 / math.sqrt(self.dim)).to(device)
         if self._cache is not None:
-            self._cache[b] = block
+            self._cache[b, str(device)] = block
         return block
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        out = torch.zeros(x.shape[0], self.dim, device=x.device)
-        for b in range(math.ceil(self.input_dim / self.BLOCK_ROWS)):
-            rows = slice(b * self.BLOCK_ROWS, (b + 1) * self.BLOCK_ROWS)
-            out.addmm_(x[:, rows], self.block(b).to(x.device, non_blocking=True))
-        return out
+    def accumulate(self, out, param, grad):
+        start, end = self.offsets[param], self.offsets[param] + self.numels[param]
+        for b in range(start // self.BLOCK_ROWS, (end - 1) // self.BLOCK_ROWS + 1):
+            lo, hi = max(start, b * self.BLOCK_ROWS), min(end, (b + 1) * self.BLOCK_ROWS)
+            rows = self.block(b, out.device)[lo - b * self.BLOCK_ROWS: hi - b * self.BLOCK_ROWS]
+            out.addmm_(grad[:, lo - start: hi - start], rows)
 
 
-PROJECTORS: dict[str, type[Projector]] = {cls.kind: cls for cls in (DenseRademacherProjector,)}
+class SparseJLProjector(Projector):
+    kind = "sparse"
+    NNZ = 4
+
+    def __init__(self, shapes, dim: int, seed: int):
+        super().__init__(shapes, dim, seed)
+        if dim % self.NNZ:
+            raise ValueError(f"sparse projection needs dim divisible by {self.NNZ}, got {dim}")
+        self._maps: dict = {}
+
+    def _map(self, param: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(NNZ, numel) bucket indices into ``out`` and (NNZ, numel) signed values, keyed by (seed, param)."""
+        key = (param, str(device))
+        if key not in self._maps:
+            n, width = self.numels[param], self.dim // self.NNZ
+            rng = _stream(self.seed, 2 * param)
+            buckets = torch.from_numpy(rng.integers(0, width, size=(self.NNZ, n), dtype=np.int32))
+            buckets += torch.arange(self.NNZ, dtype=torch.int32).unsqueeze(1) * width  # one bucket in each block
+            signs = rademacher(self.seed, 2 * param + 1, (self.NNZ, n), 1 / math.sqrt(self.NNZ))
+            self._maps[key] = (buckets.to(device), signs.to(device))
+        return self._maps[key]
+
+    def accumulate(self, out, param, grad):
+        buckets, signs = self._map(param, out.device)
+        for k in range(self.NNZ):
+            out.index_add_(1, buckets[k], grad * signs[k])
+
+    def describe(self) -> dict:
+        return {**super().describe(), "nnz": self.NNZ}
 
 
-def make_projector(kind: str, input_dim: int, dim: int, seed: int) -> Projector:
+class KroneckerProjector(Projector):
+    kind = "kronecker"
+
+    def __init__(self, shapes, dim: int, seed: int):
+        super().__init__(shapes, dim, seed)
+        if any(len(s) != 2 for s in self.shapes):
+            raise ValueError("kronecker projection needs 2-D parameters (LoRA factors)")
+        small = max(f for f in range(1, math.isqrt(dim) + 1) if dim % f == 0)
+        self.factors = (small, dim // small)
+        self._mats: dict = {}
+
+    def _matrices(self, param: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (param, str(device))
+        if key not in self._mats:
+            rows, cols = self.shapes[param]
+            # the larger side of the gradient gets the larger factor
+            a, b = self.factors if rows <= cols else self.factors[::-1]
+            p_out = rademacher(self.seed, 2 * param, (rows, a), 1 / math.sqrt(a))
+            p_in = rademacher(self.seed, 2 * param + 1, (cols, b), 1 / math.sqrt(b))
+            self._mats[key] = (p_out.to(device), p_in.to(device))
+        return self._mats[key]
+
+    def accumulate(self, out, param, grad):
+        p_out, p_in = self._matrices(param, out.device)
+        g = grad.view(grad.shape[0], *self.shapes[param])
+        out += (p_out.T @ (g @ p_in)).flatten(1)
+
+
+PROJECTORS: dict[str, type[Projector]] = {
+    cls.kind: cls for cls in (DenseRademacherProjector, SparseJLProjector, KroneckerProjector)
+}
+
+
+def make_projector(kind: str, shapes: Sequence[tuple[int, ...]], dim: int, seed: int) -> Projector:
     if kind not in PROJECTORS:
         raise ValueError(f"unknown projection {kind!r}; choose from {sorted(PROJECTORS)}")
-    return PROJECTORS[kind](input_dim, dim, seed)
+    return PROJECTORS[kind](shapes, dim, seed)
