@@ -23,7 +23,7 @@ from .errors import StoreMismatchError
 from .features import AdamForm, AdamState, normalize_rows
 from .gradients import PerExampleGradients
 from .models import pick_device
-from .projection import PROJECTORS, Projector, make_projector
+from .projection import ProjectionKind, Projector, make_projector
 from .warmup import Run
 
 
@@ -35,7 +35,8 @@ class BuildConfig:
     gradient: Literal["adam", "sgd"] = field(default="adam", metadata={"help": "adam for the pool, sgd for targets"})
     adam_form: AdamForm = field(default="corrected", metadata={
         "help": "corrected: bias-corrected Adam update; less: the reference code's formula"})
-    projection: str = field(default="dense", metadata={"help": f"random projection: {', '.join(PROJECTORS)}"})
+    projection: ProjectionKind = field(default="dense", metadata={
+        "help": "dense: Rademacher JL (the reference); sparse: sparse JL; kronecker: per-parameter two-sided"})
     dim: int = field(default=8192, metadata={"help": "projected dimensions"})
     seed: int = field(default=0, metadata={"help": "projection seed (the same for every store to compare)"})
     max_length: int | None = field(default=None, metadata={"help": "truncate to this many tokens (default: the run's)"})

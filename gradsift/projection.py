@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar, Sequence
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
@@ -149,6 +149,7 @@ class KroneckerProjector(Projector):
         out += (p_out.T @ (g @ p_in)).flatten(1)
 
 
+ProjectionKind = Literal["dense", "sparse", "kronecker"]
 PROJECTORS: dict[str, type[Projector]] = {
     cls.kind: cls for cls in (DenseRademacherProjector, SparseJLProjector, KroneckerProjector)
 }
