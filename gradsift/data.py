@@ -220,7 +220,7 @@ def index_examples(
 ) -> tuple[list[ExampleRef], list[BadRecord], list[DataFile]]:
     """Read, validate and tokenize every record of the files (streaming: only counts are kept)."""
     examples, bad, files = [], [], []
-    for path in map(Path, paths):
+    for path in (Path(p).resolve() for p in paths):  # absolute: stores are read from anywhere
         count = 0
         for ref, messages, problem in scan_file(path, skip_bad):
             if problem is not None:
