@@ -139,7 +139,10 @@ def child(args, variant: str, **overrides) -> dict:
         flag = "--" + key.replace("_", "-")
         if key in ("variant", "out", "skip") or value is None or value is False:
             continue
-        cmd += [flag] if value is True else [f"{flag}={value}"]
+        if isinstance(value, list):
+            cmd += [flag, *map(str, value)] if value else []
+        else:
+            cmd += [flag] if value is True else [f"{flag}={value}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -174,23 +177,34 @@ def quality(args) -> dict:
     n = len(pool)
     norms = full.norm(dim=1)
     cos = {"exact": (full[:n] @ full[n:].T) / (norms[:n, None] * norms[None, n:])}
-    for kind in kinds:
-        both = normalize_rows(make_projector(kind, shapes, args.dim, 0).project(full))
-        cos[kind] = both[:n] @ both[n:].T
+    variants = [("dense", args.dim, 0)] if args.dense_quality else []
+    variants += [(k, d, s) for k in kinds if k != "dense" for d in args.quality_dims or [args.dim]
+                 for s in range(args.seeds)]
+    for kind, dim, seed in variants:
+        both = normalize_rows(make_projector(kind, shapes, dim, seed).project(full))
+        cos[kind, dim, seed] = both[:n] @ both[n:].T
     cos = {k: c.double().cpu() for k, c in cos.items()}
     k_top = max(1, round(0.05 * len(pool)))
     top = {k: set(torch.argsort(c.mean(1), descending=True)[:k_top].tolist()) for k, c in cos.items()}
+
+    def agreement(a, b) -> dict:
+        return {
+            "mean_row_cosine": torch.nn.functional.cosine_similarity(cos[a], cos[b], dim=1).mean().item(),
+            "pearson": np.corrcoef(cos[a].flatten(), cos[b].flatten())[0, 1].item(),
+            "mean_abs_error": (cos[a] - cos[b]).abs().mean().item(),
+            "top5_jaccard": len(top[a] & top[b]) / len(top[a] | top[b]),
+        }
+
     report = {"pool": len(pool), "targets": len(targets), "top_k": k_top,
               "exact_cosine": {"mean": cos["exact"].mean().item(), "std": cos["exact"].std().item()}}
-    for kind in kinds:
-        for ref in ["exact"] + (["dense"] if args.dense_quality and kind != "dense" else []):
-            a, b = cos[kind], cos[ref]
-            report[f"{kind}_vs_{ref}"] = {
-                "mean_row_cosine": torch.nn.functional.cosine_similarity(a, b, dim=1).mean().item(),
-                "pearson": np.corrcoef(a.flatten(), b.flatten())[0, 1].item(),
-                "mean_abs_error": (a - b).abs().mean().item(),
-                "top5_jaccard": len(top[kind] & top[ref]) / len(top[kind] | top[ref]),
-            }
+    for kind, dim, seed in variants:
+        name = f"{kind}-d{dim}-s{seed}"
+        report[f"{name}_vs_exact"] = agreement((kind, dim, seed), "exact")
+        if args.dense_quality and kind != "dense" and dim == args.dim and seed == 0:
+            report[f"{name}_vs_dense"] = agreement((kind, dim, seed), ("dense", args.dim, 0))
+    for kind, dim in dict.fromkeys((k, d) for k, d, _ in variants):  # mean over seeds
+        runs = [report[f"{kind}-d{dim}-s{s}_vs_exact"] for k, d, s in variants if (k, d) == (kind, dim)]
+        report[f"{kind}-d{dim}_vs_exact_mean"] = {m: float(np.mean([r[m] for r in runs])) for m in runs[0]}
     return report
 
 
@@ -204,6 +218,8 @@ def main():
     parser.add_argument("--quality-pool", type=int, default=160)
     parser.add_argument("--quality-targets", type=int, default=9)
     parser.add_argument("--dense-quality", action="store_true", help="include the (slow) dense projection in quality")
+    parser.add_argument("--seeds", type=int, default=1, help="projection seeds for the fast kinds in quality")
+    parser.add_argument("--quality-dims", type=int, nargs="*", help="dims for the fast kinds in quality (default --dim)")
     parser.add_argument("--skip", nargs="*", default=[], help="variants to leave out")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workdir", default="/tmp/gradsift-bench")

@@ -114,8 +114,13 @@ class SparseJLProjector(Projector):
 
     def accumulate(self, out, param, grad):
         buckets, signs = self._map(param, out.device)
+        # Scatter whole rows (one coordinate's values for the batch) rather than strided columns:
+        # the same speed at batch 16, several times faster for tall inputs.
+        rows = grad.T.contiguous()
+        acc = torch.zeros(self.dim, grad.shape[0], device=out.device)
         for k in range(self.NNZ):
-            out.index_add_(1, buckets[k], grad * signs[k])
+            acc.index_add_(0, buckets[k], rows * signs[k, :, None])
+        out += acc.T
 
     def describe(self) -> dict:
         return {**super().describe(), "nnz": self.NNZ}
