@@ -191,10 +191,10 @@ class ChatEncoder:
             if m["role"] != "assistant":
                 continue
             start = len(self._render(messages[:k], generation_prompt=True)) if k else 0
-            end = len(self._render(messages[: k + 1]))
-            if not text.startswith(self._render(messages[: k + 1])) or start > end:
+            upto = self._render(messages[: k + 1])
+            if not text.startswith(upto) or start > len(upto):
                 raise ValueError("the chat template does not render conversations prefix by prefix")
-            spans.append((start, end))
+            spans.append((start, len(upto)))
         return text, spans
 
     def encode(self, messages) -> tuple[list[int], list[int]]:
