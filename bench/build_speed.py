@@ -38,7 +38,7 @@ import torch
 from gradsift.build import batch_features
 from gradsift.data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss
 from gradsift.demo_data import build_demo_data
-from gradsift.features import AdamState, adam_feature, normalize_rows
+from gradsift.features import AdamState, normalize_rows
 from gradsift.gradients import PerExampleGradients
 from gradsift.models import load_model, pick_device
 from gradsift.projection import PROJECTORS, make_projector
@@ -116,8 +116,7 @@ def run_variant(args) -> dict:
         for batch in batches(examples, 1):  # the reference loops one example at a time
             loss = per_example_loss(model, batch).sum()
             g = torch.cat([t.flatten() for t in torch.autograd.grad(loss, params)]).float()
-            feature = adam_feature(g, adam.exp_avg, adam.exp_avg_sq, adam.step, adam.betas, adam.eps, "corrected")
-            normalize_rows(projector.project(feature[None]))
+            normalize_rows(projector.project(adam.feature(g, slice(None), "corrected")[None]))
         n = len(examples)
     else:
         with PerExampleGradients(model) as grads:
@@ -171,7 +170,7 @@ def quality(args) -> dict:
             for batch in batches(examples, args.batch_size):
                 g = grads.compute(batch)
                 if is_pool:
-                    g = adam_feature(g, adam.exp_avg, adam.exp_avg_sq, adam.step, adam.betas, adam.eps)
+                    g = adam.feature(g, slice(None), "corrected")
                 full[row: row + len(g)] = g
                 row += len(g)
     n = len(pool)

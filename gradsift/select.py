@@ -41,8 +41,13 @@ class Selection:
     target: str
     scores: np.ndarray  # (rows,) float32; meaningful where scored
     scored: np.ndarray  # (rows,) bool
-    selected: np.ndarray  # row indices, best first
+    ranking: np.ndarray  # every scored row index, best first
+    count: int  # how many of the ranking are selected
     output: Path
+
+    @property
+    def selected(self) -> np.ndarray:
+        return self.ranking[: self.count]
 
 
 def subtask_of(ref) -> str:
@@ -93,8 +98,8 @@ def select(config: SelectConfig) -> list[Selection]:
     for target, scores in zip(targets, all_scores):
         out = Path(config.output) if len(targets) == 1 else Path(config.output) / target.name
         candidates = np.flatnonzero(scored)
-        chosen = candidates[top_k(scores[candidates], n_select)]
-        selection = Selection(target.name, scores, scored, chosen, out)
+        ranking = candidates[top_k(scores[candidates], len(candidates))]
+        selection = Selection(target.name, scores, scored, ranking, n_select, out)
         _write(selection, pool, target, config)
         selections.append(selection)
     return selections
@@ -105,16 +110,14 @@ def _write(sel: Selection, pool: GradientStore, target: GradientStore, config: S
     atomic_write_bytes(sel.output / "selected.jsonl", b"".join(read_record_bytes(index[i]) + b"\n" for i in sel.selected))
 
     ranks = np.zeros(len(index), dtype=np.int64)
-    order = np.flatnonzero(sel.scored)[top_k(sel.scores[sel.scored], int(sel.scored.sum()))]
-    ranks[order] = np.arange(1, len(order) + 1)
+    ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["file", "line", "id", "source", "score", "rank", "selected", "status"])
-    chosen = set(sel.selected.tolist())
     for i, ref in enumerate(index):
         ok = sel.scored[i]
         writer.writerow([ref.file, ref.line, ref.id, ref.source, f"{sel.scores[i]:.7g}" if ok else "",
-                         ranks[i] if ok else "", int(i in chosen), ref.status])
+                         ranks[i] if ok else "", int(ok and ranks[i] <= sel.count), ref.status])
     atomic_write_bytes(sel.output / "scores.csv", text.getvalue().encode())
 
     pool_sources = Counter(ref.source for ref in index)
