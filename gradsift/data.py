@@ -1,6 +1,6 @@
 """Instruction data: reading pool and target files, chat formatting, and label masking.
 
-Records are JSON Lines (or a JSON array) in one of three formats:
+Records are JSON Lines, a JSON array (``.json``) or Parquet rows (``.parquet``) in one of three formats:
 
 - ``{"messages": [{"role": ..., "content": ...}, ...]}`` (tulu / open-instruct)
 - ``{"instruction": ..., "input": ..., "output": ...}`` (Alpaca)
@@ -8,7 +8,8 @@ Records are JSON Lines (or a JSON array) in one of three formats:
 
 with optional ``id``, ``source`` and (for targets) ``subtask``. Each example is rendered with the
 model's chat template (``FALLBACK_CHAT_TEMPLATE`` when it has none); only assistant tokens carry a
-label, and the loss is the mean over an example's label tokens.
+label, and the loss is the mean over an example's label tokens. A JSON-array record or a Parquet row
+has no byte span of its own: it is re-read by its 1-based number and written back as one-line JSON.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -41,8 +43,8 @@ class ExampleRef:
     """Where one example lives: enough to re-read it and to write it back verbatim."""
 
     file: str  # path as given by the user
-    line: int  # 1-based line (JSONL) or record number (JSON array)
-    offset: int  # byte offset of the record in the file (-1 for JSON arrays)
+    line: int  # 1-based line (JSONL) or record number (JSON array, Parquet row)
+    offset: int  # byte offset of the record in the file (-1 for JSON arrays and Parquet)
     length: int  # byte length of the record (without its newline)
     id: str
     source: str
@@ -110,14 +112,51 @@ def to_messages(record: object) -> list[dict[str, str]]:
     return out
 
 
+def _dumps(record: object) -> bytes:
+    # default=str: Parquet cells may be dates, decimals or bytes, which have no JSON type
+    return json.dumps(record, ensure_ascii=False, default=str).encode()
+
+
+def _row_bytes(row: dict) -> bytes:
+    """A Parquet row as JSON. A null cell is an absent field: files mixing formats (or with an
+    optional ``id``) have every format's columns, null where a row does not use them."""
+    return _dumps({k: v for k, v in row.items() if v is not None})
+
+
+def _json_array(path: Path) -> list:
+    try:
+        items = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise DataError(path, 0, f"not valid JSON: {e}") from None
+    if not isinstance(items, list):
+        raise DataError(path, 1, "a .json data file must hold a JSON array of records")
+    return items
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(row number, row) of a Parquet file, streamed one row group's batch at a time."""
+    import pyarrow as pa  # imported here: only Parquet input pays its import time
+    import pyarrow.parquet as pq
+
+    line = 0  # rows read so far
+    try:
+        for batch in pq.ParquetFile(path).iter_batches():
+            for row in batch.to_pylist():
+                line += 1
+                yield line, row
+    except pa.ArrowException as e:  # before any row it is the file that is unreadable, not a row
+        raise DataError(path, line + 1 if line else 0, f"cannot read Parquet: {e}") from None
+
+
 def _iter_raw(path: Path) -> Iterator[tuple[int, int, bytes]]:
     """(line number, byte offset, raw record bytes) for every non-blank record of a file."""
     if path.suffix == ".json":
-        items = json.loads(path.read_bytes())
-        if not isinstance(items, list):
-            raise DataError(path, 1, "a .json data file must hold a JSON array of records")
-        for k, item in enumerate(items, 1):
-            yield k, -1, json.dumps(item, ensure_ascii=False).encode()
+        for k, item in enumerate(_json_array(path), 1):
+            yield k, -1, _dumps(item)
+        return
+    if path.suffix == ".parquet":
+        for k, row in _parquet_rows(path):
+            yield k, -1, _row_bytes(row)
         return
     offset = 0
     with open(path, "rb") as f:
@@ -159,13 +198,40 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@lru_cache(maxsize=2)
+def _record_reader(path: str, size: int, mtime_ns: int) -> Callable[[int], bytes]:
+    """Record number -> bytes for a JSON array or Parquet file, parsed once and kept while it is one
+    of the last two files read (size and mtime in the key: an edited file is parsed anew)."""
+    if Path(path).suffix != ".parquet":
+        items = _json_array(Path(path))
+        return lambda line: _dumps(items[line - 1])
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)  # columnar: far smaller than the rows as Python objects
+    except pa.ArrowException as e:
+        raise DataError(path, 0, f"cannot read Parquet: {e}") from None
+    return lambda line: _row_bytes(table.slice(line - 1, 1).to_pylist()[0])
+
+
 def read_record_bytes(ref: ExampleRef) -> bytes:
-    """The record exactly as it stands in its source file."""
-    if ref.offset < 0:  # JSON array: no byte span, re-serialise the record
-        return json.dumps(json.loads(Path(ref.file).read_bytes())[ref.line - 1], ensure_ascii=False).encode()
+    """The record exactly as it stands in its source file (as one-line JSON for a JSON array or Parquet)."""
+    if ref.offset < 0:
+        stat = Path(ref.file).stat()
+        return _record_reader(ref.file, stat.st_size, stat.st_mtime_ns)(ref.line)
     with open(ref.file, "rb") as f:
         f.seek(ref.offset)
         return f.read(ref.length)
+
+
+def read_records(refs: list[ExampleRef]) -> list[bytes]:
+    """read_record_bytes of each ref, in order. Files are visited one after the other, so each JSON
+    array or Parquet file is parsed once however the refs interleave them (a selection's ranking does)."""
+    out = [b""] * len(refs)
+    for i in sorted(range(len(refs)), key=lambda i: (refs[i].file, refs[i].line)):
+        out[i] = read_record_bytes(refs[i])
+    return out
 
 
 def read_messages(ref: ExampleRef) -> list[dict[str, str]]:

@@ -1,8 +1,9 @@
 """Stage 3, select: score every pool example against each target and keep the global top fraction.
 
-Writes, per target, ``selected.jsonl`` (records verbatim, best first), ``scores.csv`` (one row per
-pool example) and ``summary.json``. With one target they go in OUTPUT/; with several, in
-OUTPUT/<target store name>/, all from one pass over the pool store.
+Writes, per target, ``selected.jsonl`` (records verbatim, best first; JSON-array records and Parquet
+rows as one-line JSON), ``scores.csv`` (one row per pool example) and ``summary.json``. With one
+target they go in OUTPUT/; with several, in OUTPUT/<target store name>/, all from one pass over the
+pool store.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import read_record_bytes
+from .data import read_records
 from .datastore import GradientStore
 from .errors import ConfigError
 from .files import atomic_write_bytes, atomic_write_json
@@ -107,7 +108,8 @@ def select(config: SelectConfig) -> list[Selection]:
 
 def _write(sel: Selection, pool: GradientStore, target: GradientStore, config: SelectConfig) -> None:
     index = pool.index
-    atomic_write_bytes(sel.output / "selected.jsonl", b"".join(read_record_bytes(index[i]) + b"\n" for i in sel.selected))
+    records = read_records([index[i] for i in sel.selected])
+    atomic_write_bytes(sel.output / "selected.jsonl", b"".join(r + b"\n" for r in records))
 
     ranks = np.zeros(len(index), dtype=np.int64)
     ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1)

@@ -32,6 +32,17 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def write_parquet(path: Path, records: list[dict]) -> Path:
+    """One row per record; a column per key of any record, null in the rows that lack it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = dict.fromkeys(key for r in records for key in r)
+    pq.write_table(pa.Table.from_pydict({key: [r.get(key) for r in records] for key in columns}), path)
+    return path
+
+
 def chat_records(rng: random.Random, n: int, prefix: str, subtask: str | None = None) -> list[dict]:
     records = []
     for k in range(n):

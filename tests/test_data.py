@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import write_jsonl, write_parquet
 from transformers import AutoTokenizer
 
+from gradsift import data
 from gradsift.data import (
     FALLBACK_CHAT_TEMPLATE,
     IGNORE_INDEX,
@@ -18,6 +20,7 @@ from gradsift.data import (
     index_examples,
     read_messages,
     read_record_bytes,
+    read_records,
     scan_file,
     to_messages,
 )
@@ -73,6 +76,89 @@ def test_json_array_file(tmp_path):
     refs = [ref for ref, _, _ in scan_file(path, skip_bad=False)]
     assert [r.line for r in refs] == [1, 2]
     assert read_messages(refs[1]) == [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+
+
+FORMATS = {
+    "messages": [
+        {"id": "m1", "messages": [{"role": "system", "content": "logic"}, {"role": "user", "content": "the cat é"},
+                                  {"role": "assistant", "content": "sat"}], "source": "web"},
+        {"messages": [{"role": "user", "content": "red"}, {"role": "assistant", "content": "blue"}]},  # no id
+    ],
+    "alpaca": [
+        {"id": "a1", "instruction": "translate", "input": "hello world", "output": "yes"},
+        {"id": "a2", "instruction": "add", "output": "two", "subtask": "math"},  # input: a null cell
+    ],
+    "prompt": [
+        {"id": 7, "prompt": "one", "completion": "two"},  # an integer id column
+        {"id": 8, "prompt": "three", "completion": "four", "source": "s"},
+    ],
+}
+
+
+def _scanned(path: Path) -> list[tuple]:
+    return [(ref.line, ref.id, ref.source, ref.subtask, msgs) for ref, msgs, _ in scan_file(path, skip_bad=False)]
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS) + ["mixed"])
+def test_parquet_rows_index_like_the_same_records_as_jsonl(tmp_path, tokenizer, fmt):
+    # mixed: every format's columns in one file, null where a row does not use them
+    records = FORMATS["messages"] + FORMATS["alpaca"] + [{"prompt": "five", "completion": "six"}] \
+        if fmt == "mixed" else FORMATS[fmt]
+    jsonl = write_jsonl(tmp_path / "jsonl" / "pool.jsonl", records)
+    parquet = write_parquet(tmp_path / "parquet" / "pool.parquet", records)
+    assert _scanned(parquet) == _scanned(jsonl)
+    assert [line for line, *_ in _scanned(parquet)] == list(range(1, len(records) + 1))
+    assert _scanned(parquet)[0][4] == to_messages(records[0])
+
+    encoder = ChatEncoder(tokenizer, 64)
+    (from_jsonl, _, _), (from_parquet, _, files) = index_examples([jsonl], encoder), index_examples([parquet], encoder)
+    assert files[0].records == len(records)
+    keep = lambda e: (e.line, e.id, e.source, e.subtask, e.tokens, e.label_tokens)  # noqa: E731
+    assert [keep(e) for e in from_parquet] == [keep(e) for e in from_jsonl]
+    assert all(e.offset == -1 for e in from_parquet)
+    # the row comes back as the JSON of its record (keys in column order), null cells left out, non-ASCII kept
+    columns = list(dict.fromkeys(key for r in records for key in r))
+    for ref, record in zip(from_parquet, records):
+        expected = json.dumps({key: record[key] for key in columns if key in record}, ensure_ascii=False)
+        assert read_record_bytes(ref) == expected.encode()
+        assert read_messages(ref) == to_messages(record)
+
+
+def test_json_array_record_bytes_are_its_json(tmp_path):
+    records = [{"prompt": "a é", "completion": "b", "extra": None}, {"id": "x", "prompt": "c", "completion": "d"}]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records, indent=2))
+    refs = [ref for ref, _, _ in scan_file(path, skip_bad=False)]
+    assert [read_record_bytes(r) for r in refs] == [json.dumps(r, ensure_ascii=False).encode() for r in records]
+
+
+def test_array_and_parquet_files_are_parsed_once_and_reread_when_changed(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    records = [{"id": f"r{k}", "prompt": f"p{k}", "completion": f"c{k}"} for k in range(30)]
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text(json.dumps(records))
+    paths = [tmp_path / "a.json", tmp_path / "b.json", write_parquet(tmp_path / "c.parquet", records)]
+    refs = {path.name: [ref for ref, _, _ in scan_file(path, skip_bad=False)] for path in paths}
+
+    parses = []
+
+    def counted(parse):
+        return lambda path, **kw: (parses.append(Path(path).name), parse(path, **kw))[1]
+
+    monkeypatch.setattr(data, "_json_array", counted(data._json_array))
+    monkeypatch.setattr(pq, "read_table", counted(pq.read_table))
+    data._record_reader.cache_clear()
+    # a selection's ranking interleaves more files than are kept parsed: each is still parsed once, order kept
+    interleaved = [ref for trio in zip(refs["a.json"][::-1], refs["b.json"], refs["c.parquet"]) for ref in trio]
+    assert read_records(interleaved) == [json.dumps(records[ref.line - 1]).encode() for ref in interleaved]
+    assert sorted(parses) == ["a.json", "b.json", "c.parquet"]
+    assert [read_record_bytes(r) for r in refs["c.parquet"]] == [json.dumps(r).encode() for r in records]
+    assert len(parses) == 3  # the last file read is still parsed
+
+    paths[2] = write_parquet(paths[2], [{"prompt": "new", "completion": "one"}] + records[1:])
+    assert read_record_bytes(refs["c.parquet"][0]) == b'{"prompt": "new", "completion": "one"}'
+    assert parses[3:] == ["c.parquet"]
 
 
 # -- labels ----------------------------------------------------------------------------------------
@@ -198,3 +284,41 @@ def test_data_error_in_json_array_names_record_number(tmp_path, tokenizer):
     with pytest.raises(DataError) as info:
         index_examples([path], ChatEncoder(tokenizer, 64))
     assert info.value.line == 2 and Path(info.value.path) == path
+
+
+PARQUET_BAD_ROWS = {  # row 3 of a file whose other rows are good; each names what is wrong
+    "null format cell": ({"prompt": None, "completion": "cat"}, "unknown record format"),
+    "empty messages": ({"messages": []}, "'messages' must be a non-empty list"),
+    "null content": ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]},
+                     "messages[1].content"),
+    "bad role": ({"messages": [{"role": "robot", "content": "a"}, {"role": "assistant", "content": "b"}]},
+                 "role 'robot'"),
+    "no assistant": ({"messages": [{"role": "user", "content": "a"}]}, "no assistant message"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PARQUET_BAD_ROWS))
+def test_malformed_parquet_row_names_file_and_row(tmp_path, tokenizer, kind):
+    bad, problem = PARQUET_BAD_ROWS[kind]
+    if "messages" in bad:
+        good = {"messages": [{"role": "user", "content": "the"}, {"role": "assistant", "content": "cat"}]}
+    else:
+        good = {"prompt": "the", "completion": "cat"}
+    path = write_parquet(tmp_path / "pool.parquet", [good, good, bad, good])
+    with pytest.raises(DataError, match=re.escape(problem)) as info:
+        index_examples([path], ChatEncoder(tokenizer, 64))
+    assert info.value.path == path and info.value.line == 3
+    assert f"{path}:3:" in str(info.value)
+
+    examples, skipped, files = index_examples([path], ChatEncoder(tokenizer, 64), skip_bad=True)
+    assert [e.line for e in examples] == [1, 2, 4] and files[0].records == 3
+    assert [(b.file, b.line) for b in skipped] == [(str(path), 3)] and problem in skipped[0].problem
+
+
+@pytest.mark.parametrize("name, content", [("pool.parquet", "not parquet"), ("pool.json", '[{"prompt": ')])
+def test_unreadable_parquet_or_json_file_is_a_data_error(tmp_path, tokenizer, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError) as info:
+        index_examples([path], ChatEncoder(tokenizer, 64), skip_bad=True)  # a whole file is never skipped
+    assert info.value.path == path and info.value.line == 0

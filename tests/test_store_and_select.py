@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, write_jsonl
+from conftest import WORDS, write_jsonl, write_parquet
 
 from gradsift.build import BuildConfig, build
 from gradsift.datastore import GradientStore
@@ -156,6 +156,25 @@ def test_scores_csv_one_row_per_pool_example(selection, data, stores):
     assert next(r for r in rows if r["id"] == "copy0")["source"] == "web é"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["selected"] == 3 and summary["pool"]["skipped"]["no_label_tokens"] == 1
+
+
+def test_parquet_and_json_array_pool_selects_like_jsonl(selection, stores, run, data, tmp_path):
+    """The same pool as a Parquet file and a JSON array: same features and ranking, records as their JSON."""
+    def records(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    (jsonl_a, jsonl_b), (out, _) = data["pool"], selection
+    parquet = write_parquet(tmp_path / "pool_a.parquet", records(jsonl_a))
+    array = tmp_path / "pool_b.json"
+    array.write_text(json.dumps(records(jsonl_b)))
+    pool = build(pool_config(run, data, tmp_path / "store", data=[parquet, array]))
+    for c in run.checkpoints:
+        name = f"{c.path.name}.npy"
+        assert (pool.path / "features" / name).read_bytes() == (stores[0].path / "features" / name).read_bytes()
+
+    select(SelectConfig(train_store=pool.path, target_store=[stores[1].path], output=tmp_path / "sel", count=3))
+    assert records(tmp_path / "sel" / "selected.jsonl") == records(out / "selected.jsonl")
+    assert '"source": "web é"' in (tmp_path / "sel" / "selected.jsonl").read_text(encoding="utf-8")  # not escaped
 
 
 def test_scores_equal_lr_weighted_cosines_recomputed_from_the_store(selection, stores, run):
