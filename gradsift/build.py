@@ -30,7 +30,7 @@ from .warmup import Run
 @dataclass
 class BuildConfig:
     run: Path = field(metadata={"help": "warmup run folder (from `gradsift warmup`)"})
-    data: list[Path] = field(metadata={"help": "data files (JSON Lines) to compute features for"})
+    data: list[Path] = field(metadata={"help": "data files (JSON Lines, JSON array or Parquet) to compute features for"})
     output: Path = field(metadata={"help": "store folder to write (resumed if it holds the same build)"})
     gradient: Literal["adam", "sgd"] = field(default="adam", metadata={"help": "adam for the pool, sgd for targets"})
     adam_form: AdamForm = field(default="corrected", metadata={
@@ -99,10 +99,7 @@ def build(config: BuildConfig) -> GradientStore:
             if done[checkpoint.path.name] == len(index):
                 continue
             set_peft_model_state_dict(model, checkpoint.adapter_state())
-            adam = None
-            if config.gradient == "adam":
-                m, v = checkpoint.adam_state(grads.names)
-                adam = AdamState(m.to(device), v.to(device), checkpoint.step, checkpoint.betas, checkpoint.eps)
+            adam = checkpoint.adam(grads.names, device) if config.gradient == "adam" else None
             for start in range(done[checkpoint.path.name], len(index), config.chunk_size):
                 refs = index[start: start + config.chunk_size]
                 rows = _chunk_features(refs, encoder, tokenizer.pad_token_id, grads, projector, adam, config, device)

@@ -1,9 +1,12 @@
-"""Pure math of the gradient features: the Adam-aware feature and row normalisation."""
+"""Pure math of the gradient features: the Adam-aware feature, the flat parameter layout, row normalisation."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+import math
+from typing import Sequence
 
 import torch
 
@@ -52,6 +55,12 @@ class AdamState:
     def feature(self, grad: torch.Tensor, span: slice, form: AdamForm) -> torch.Tensor:
         """``adam_feature`` of gradients of the parameters at ``span`` of the flat layout."""
         return adam_feature(grad, self.exp_avg[span], self.exp_avg_sq[span], self.step, self.betas, self.eps, form)
+
+
+def flat_layout(shapes: Sequence[tuple[int, ...]]) -> tuple[list[int], list[int]]:
+    """(numels, offsets) of parameters of ``shapes`` laid end to end in one flat feature vector."""
+    numels = [math.prod(s) for s in shapes]
+    return numels, [sum(numels[:i]) for i in range(len(numels))]
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from .data import per_example_loss
+from .features import flat_layout
 from .warmup import lora_parameters
 
 Consumer = Callable[[int, torch.Tensor], None]  # (parameter index, (batch, numel) float32 gradients)
@@ -33,8 +34,7 @@ class PerExampleGradients:
         params = lora_parameters(model)
         self.names = [n for n, _ in params]
         self.shapes = [tuple(p.shape) for _, p in params]
-        self.numels = [p.numel() for _, p in params]
-        self.offsets = [sum(self.numels[:i]) for i in range(len(params))]
+        self.numels, self.offsets = flat_layout(self.shapes)
         self.size = sum(self.numels)
         self._consume: Consumer | None = None
         self._handles = []

@@ -23,6 +23,8 @@ from typing import ClassVar, Literal, Sequence
 import numpy as np
 import torch
 
+from .features import flat_layout
+
 
 def _stream(seed: int, stream: int) -> np.random.Generator:
     """A counter-based Philox stream keyed by (seed, stream): the same numbers in any process or machine."""
@@ -42,8 +44,7 @@ class Projector(ABC):
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], dim: int, seed: int):
         self.shapes, self.dim, self.seed = [tuple(s) for s in shapes], dim, seed
-        self.numels = [math.prod(s) for s in self.shapes]
-        self.offsets = np.cumsum([0] + self.numels[:-1]).tolist()
+        self.numels, self.offsets = flat_layout(self.shapes)
         self.input_dim = sum(self.numels)
 
     @abstractmethod

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss
 from .errors import ConfigError
+from .features import AdamState
 from .files import atomic_write_json, read_json
 from .models import ModelInfo, load_model, pick_device
 
@@ -38,7 +39,7 @@ RUN_FORMAT = 1
 @dataclass
 class WarmupConfig:
     model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
-    train: list[Path] = field(metadata={"help": "pool files (JSON Lines); the warmup samples from their union"})
+    train: list[Path] = field(metadata={"help": "pool files (JSON Lines, JSON array or Parquet); the warmup samples from their union"})
     output: Path = field(metadata={"help": "run folder to write"})
     fraction: float = field(default=0.05, metadata={"help": "fraction of the pool to warm up on"})
     epochs: int = field(default=4, metadata={"help": "epochs; one checkpoint per epoch"})
@@ -87,6 +88,11 @@ class Checkpoint:
             raise ConfigError(f"{self.path}/optimizer.safetensors has no Adam state for {missing[:3]} ...")
         flat = lambda key: torch.cat([state[f"{key}.{n}"].flatten().float() for n in names])  # noqa: E731
         return flat("exp_avg"), flat("exp_avg_sq")
+
+    def adam(self, names: list[str], device: torch.device | str = "cpu") -> AdamState:
+        """The moments with this checkpoint's step, betas and eps: what Adam features need."""
+        m, v = self.adam_state(names)
+        return AdamState(m.to(device), v.to(device), self.step, self.betas, self.eps)
 
 
 @dataclass
