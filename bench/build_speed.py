@@ -1,28 +1,27 @@
-"""Benchmark of gradient-feature extraction (`gradsift build`'s inner loop), all in one run.
+"""Benchmark of gradient features (`gradsift build`), all in one run.
 
-On the same machine and the same 256-token examples (BBH and MMLU chain-of-thought shots from the
-demo data, truncated to 256 tokens) with SmolLM2-135M and LoRA r=128 on q,k,v,o:
+On the same machine and the same examples (the longest BBH / MMLU chain-of-thought shots and demo
+pool records, cut to --length 256 tokens), SmolLM2-135M with LoRA r=128 on q,k,v,o, dim 8192:
 
   training   a plain batched LoRA training pass (forward, backward, AdamW step): the floor
   reference  the reference LESS method written in our code: batch size 1, autograd gradient,
              Adam feature, dense Rademacher projection
-  <kind>     gradsift's batched per-example gradients + Adam feature + each projection kind
+  <kind>     `gradsift build` (the Python API) with each projection kind, store written
 
-Each variant runs in its own process (so its peak memory is its own) and reports examples/s.
+Each variant runs in its own process, so its peak memory is its own; `sparse` is built again on
+--memory-examples examples to show that peak memory does not grow with the pool. The LoRA state is
+the last checkpoint of --run, or of a short real warmup the benchmark makes first.
 
-The quality part scores demo-pool examples (nine task families) against every BBH chain-of-thought
-shot and selects the top 5% as `gradsift select` does. It compares each projection's cosines and
-selection with the exact (unprojected) ones, and with the dense reference's. Dense Gaussian
-projections are simulated exactly from the features' Gram matrix for many seeds (the real dense
-projection is slow; --dense-quality adds one real run to check the simulation), which also measures
-how much the reference's own selection moves when only its seed changes.
-
-The LoRA state is a real warmup run's last checkpoint with --run, else a stand-in (random LoRA B,
-the moments of one Adam step).
+The quality part scores --quality-pool demo-pool examples (nine task families) against every BBH
+shot and selects the top 5% as `gradsift select` does (subtask mean, max over subtasks). It compares
+each projection's cosines and selection with the exact (unprojected) ones, and with the dense
+reference's. Dense Gaussian projections are simulated exactly from the features' Gram matrix for
+--dense-seeds seeds (the real dense projection is slow; --dense-quality adds one real one to check
+the simulation): that also measures how far the reference's own selection moves with its seed.
 
     python bench/build_speed.py                      # everything, results to bench/results.json
     python bench/build_speed.py --skip training dense sparse kronecker reference --run RUN \
-        --seeds 3 --quality-dims 8192 32768 --dense-quality --out bench/quality.json
+        --seeds 3 --quality-dims 8192 65536 --dense-quality --dense-seeds 20 --out bench/quality.json
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -41,111 +41,109 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peft import get_peft_model, set_peft_model_state_dict
+from peft import set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from gradsift.build import batch_features
-from gradsift.data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss
+from gradsift.build import BuildConfig, build
+from gradsift.data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss, read_records
 from gradsift.demo_data import build_demo_data
-from gradsift.features import AdamState, normalize_rows
+from gradsift.features import normalize_rows
+from gradsift.files import atomic_write_bytes
 from gradsift.gradients import PerExampleGradients
 from gradsift.models import load_model, pick_device
 from gradsift.projection import PROJECTORS, make_projector
 from gradsift.scoring import aggregate, top_k
 from gradsift.select import subtask_of
-from gradsift.warmup import Run, lora_config, lora_parameters
-
-LORA = {"lora_r": 128, "lora_alpha": 512, "lora_dropout": 0.0, "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+from gradsift.warmup import Run, WarmupConfig, lora_parameters, warmup
 
 
-def setup(args):
-    """(model, device, encoded examples, batches(), Adam state, BBH subtasks) for a variant.
-
-    With --run: the last checkpoint of a real warmup run (adapter and Adam moments). Without: a
-    stand-in, B ~ N(0, 0.02²) (peft starts it at 0) and the moments of one Adam step."""
-    device = pick_device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if args.run:
-        run = Run.open(args.run)
-        model, tokenizer = run.load_model(device, dtype)
-        set_peft_model_state_dict(model, run.checkpoints[-1].adapter_state())
-    else:
-        base, tokenizer, _ = load_model("smollm2-135m", device, dtype)
-        torch.manual_seed(0)
-        model = get_peft_model(base, lora_config(LORA))
-        with torch.no_grad():
-            for name, p in lora_parameters(model):
-                if "lora_B" in name:
-                    p.normal_(0, 0.02)
-    model.eval()
+def prepare(args) -> None:
+    """Once, before any timed child: the warmup run (a short real one unless --run is given) and the
+    speed data files, the --examples (and --memory-examples) longest examples, cut to --length."""
     data = build_demo_data(Path(args.workdir) / "data")
+    if not args.run:  # 1 epoch on ~70 pool examples: a real adapter and real Adam moments, in about a minute
+        args.run = str(Path(args.workdir) / "run")
+        warmup(WarmupConfig(model="smollm2-135m", train=data.pool_files, output=Path(args.run), fraction=0.08,
+                            epochs=1, batch_size=16, max_length=args.length, device=args.device))
+    _, tokenizer, _ = load_model(Run.open(args.run).model.name, torch.device("cpu"))
     encoder = ChatEncoder(tokenizer, args.length)
+    refs = usable(data.targets["bbh"] + data.targets["mmlu"] + data.pool_files, encoder)
+    refs.sort(key=lambda r: (-r.tokens, r.file, r.line))
+    for n in {args.examples, args.memory_examples} - {None}:
+        atomic_write_bytes(speed_file(args, n), b"".join(r + b"\n" for r in read_records(refs[:n])))
 
-    def usable(files):
-        refs, _, _ = index_examples(files, encoder)
-        return [r for r in refs if r.label_tokens > 0]
 
-    bbh, mmlu, pool = usable(data.targets["bbh"]), usable(data.targets["mmlu"]), usable(data.pool_files)
-    encoded = {
-        "speed": encode_refs(sorted(bbh + mmlu + pool, key=lambda r: -r.tokens), encoder),  # 256-token examples
-        "targets": encode_refs(bbh, encoder),
-        "pool": encode_refs([pool[i] for i in np.random.default_rng(0).permutation(len(pool))], encoder),
-    }
-    pad = tokenizer.pad_token_id
+def speed_file(args, n: int) -> Path:
+    return Path(args.workdir) / f"speed-{n}.jsonl"
 
-    def batches(examples, size):
-        for k in range(0, len(examples), size):
-            yield {n: t.to(device) for n, t in collate(examples[k: k + size], pad).items()}
 
-    names = [n for n, _ in lora_parameters(model)]
-    if args.run:
-        adam = run.checkpoints[-1].adam(names, device)
-    else:  # the moments after one AdamW step on the first pool batch
-        with PerExampleGradients(model) as grads:
-            g = grads.compute(next(batches(encoded["pool"], args.batch_size))).mean(0)
-        b1, b2 = 0.9, 0.999
-        adam = AdamState((1 - b1) * g, (1 - b2) * g.square(), 1, (b1, b2), 1e-8)
-    return model, device, encoded, batches, adam, [subtask_of(r) for r in bbh]
+def usable(files, encoder) -> list:
+    refs, _, _ = index_examples(files, encoder)
+    return [r for r in refs if r.label_tokens > 0]
+
+
+def load(args):
+    """(model with the run's last checkpoint, its Adam state, tokenizer, device), in eval mode."""
+    run = Run.open(args.run)
+    device = pick_device(args.device)
+    model, tokenizer = run.load_model(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    last = run.checkpoints[-1]
+    set_peft_model_state_dict(model, last.adapter_state())
+    model.eval()
+    return model, last.adam([n for n, _ in lora_parameters(model)], device), tokenizer, device
+
+
+def batches(examples, size, pad: int, device):
+    for k in range(0, len(examples), size):
+        yield {n: t.to(device) for n, t in collate(examples[k: k + size], pad).items()}
 
 
 def run_variant(args) -> dict:
-    """Time one variant over --examples examples; runs in a child process."""
+    """Time one variant over the speed examples; runs in a child process.
+
+    The projection kinds run `gradsift build` itself (every checkpoint of the run, store written);
+    training and the reference loop run on the run's last checkpoint."""
     torch.set_num_threads(os.cpu_count())
-    model, device, encoded, batches, adam, _ = setup(args)
-    examples = encoded["speed"][: args.reference_examples if args.variant == "reference" else args.examples]
+    device = pick_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    shapes = [tuple(p.shape) for _, p in lora_parameters(model)]
-    projector = None if args.variant == "training" else make_projector(
-        "dense" if args.variant == "reference" else args.variant, shapes, args.dim, 0)
-    sync()
-    start = time.perf_counter()
-    if args.variant == "training":
-        params = [p for _, p in lora_parameters(model)]
-        optimizer = torch.optim.AdamW(params, lr=1e-5)
-        model.train()
-        for batch in batches(examples, args.batch_size):
-            per_example_loss(model, batch).mean().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        n = len(examples)
-    elif args.variant == "reference":
-        params = [p for _, p in lora_parameters(model)]
-        for batch in batches(examples, 1):  # the reference loops one example at a time
-            loss = per_example_loss(model, batch).sum()
-            g = torch.cat([t.flatten() for t in torch.autograd.grad(loss, params)]).float()
-            normalize_rows(projector.project(adam.feature(g, slice(None), "corrected")[None]))
-        n = len(examples)
+    if args.variant in PROJECTORS:
+        output = Path(args.workdir) / f"store-{args.variant}-{args.examples}"
+        shutil.rmtree(output, ignore_errors=True)
+        start = time.perf_counter()
+        store = build(BuildConfig(run=Path(args.run), data=[speed_file(args, args.examples)], output=output,
+                                  projection=args.variant, dim=args.dim, max_length=args.length,
+                                  batch_size=args.batch_size, device=args.device))
+        sync()
+        seconds = time.perf_counter() - start
+        rows = len(store.index) * len(store.manifest["checkpoints"])
+        tokens = np.mean([r.tokens for r in store.index])
     else:
-        with PerExampleGradients(model) as grads:
-            for batch in batches(examples, args.batch_size):
-                batch_features(grads, projector, batch, adam)
-        n = len(examples)
-    sync()
-    seconds = time.perf_counter() - start
+        model, adam, tokenizer, device = load(args)
+        encoder = ChatEncoder(tokenizer, args.length)
+        refs = usable([speed_file(args, args.examples)], encoder)
+        examples = encode_refs(refs[: args.reference_examples if args.variant == "reference" else None], encoder)
+        params = [p for _, p in lora_parameters(model)]
+        sync()
+        start = time.perf_counter()
+        if args.variant == "training":
+            optimizer = torch.optim.AdamW(params, lr=1e-5)
+            model.train()
+            for batch in batches(examples, args.batch_size, tokenizer.pad_token_id, device):
+                per_example_loss(model, batch).mean().backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        else:  # the reference loops one example at a time
+            projector = make_projector("dense", [tuple(p.shape) for p in params], args.dim, 0)
+            for batch in batches(examples, 1, tokenizer.pad_token_id, device):
+                loss = per_example_loss(model, batch).sum()
+                g = torch.cat([t.flatten() for t in torch.autograd.grad(loss, params)]).float()
+                normalize_rows(projector.project(adam.feature(g, slice(None), "corrected")[None]))
+        sync()
+        seconds = time.perf_counter() - start
+        rows, tokens = len(examples), np.mean([len(ids) for ids, _ in examples])
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    tokens = sum(len(ids) for ids, _ in examples) / len(examples)
-    return {"variant": args.variant, "examples": n, "tokens_per_example": tokens,
-            "seconds": seconds, "examples_per_s": n / seconds, "peak_gpu_gib": peak_gpu}
+    return {"variant": args.variant, "examples": rows, "tokens_per_example": float(tokens),
+            "seconds": seconds, "examples_per_s": rows / seconds, "peak_gpu_gib": peak_gpu}
 
 
 def child(args, variant: str, **overrides) -> dict:
@@ -169,7 +167,7 @@ def child(args, variant: str, **overrides) -> dict:
     return result
 
 
-def exact_features(model, adam, pool, targets, batches, batch_size, path: Path) -> list[np.ndarray]:
+def exact_features(model, adam, pool, targets, batches, path: Path) -> list[np.ndarray]:
     """The unprojected features (Adam for the pool, plain gradients for the targets) of every row, in
     a float32 file laid out parameter-major: block p is (rows, numel_p), so one pass over the blocks
     feeds the Gram matrix and every projector without ever holding all rows x 14.7M in memory."""
@@ -181,7 +179,7 @@ def exact_features(model, adam, pool, targets, batches, batch_size, path: Path) 
         row = 0
         bar = tqdm(total=rows, unit="ex", desc="exact features")
         for examples, is_pool in ((pool, True), (targets, False)):
-            for batch in batches(examples, batch_size):
+            for batch in batches(examples):
                 size = batch["input_ids"].shape[0]
 
                 def write(p: int, grad: torch.Tensor) -> None:
@@ -216,11 +214,16 @@ def quality(args) -> dict:
     are also simulated exactly from the Gram matrix for --dense-seeds seeds, which measures how far
     the reference method's own selection moves when only its seed changes."""
     torch.set_num_threads(os.cpu_count())
-    model, device, encoded, batches, adam, subtasks = setup(args)
-    targets, pool = encoded["targets"], encoded["pool"][: args.quality_pool]
-    n = len(pool)
+    model, adam, tokenizer, device = load(args)
+    encoder = ChatEncoder(tokenizer, args.length)
+    data = build_demo_data(Path(args.workdir) / "data")
+    bbh, pool = usable(data.targets["bbh"], encoder), usable(data.pool_files, encoder)
+    pool = [pool[i] for i in np.random.default_rng(0).permutation(len(pool))[: args.quality_pool]]
+    subtasks, n = [subtask_of(r) for r in bbh], len(pool)
     shapes = [tuple(p.shape) for _, p in lora_parameters(model)]
-    blocks = exact_features(model, adam, pool, targets, batches, args.batch_size, Path(args.workdir) / "exact.npy")
+    blocks = exact_features(model, adam, encode_refs(pool, encoder), encode_refs(bbh, encoder),
+                            lambda ex: batches(ex, args.batch_size, tokenizer.pad_token_id, device),
+                            Path(args.workdir) / "exact.npy")
     del model
 
     dims = args.quality_dims or [args.dim]
@@ -264,7 +267,7 @@ def quality(args) -> dict:
 
     exact = cos["exact", 0, 0]
     report = {"pool": n, "targets": len(targets), "subtasks": len(set(subtasks)), "top_k": k_top,
-              "warmup": str(args.run) if args.run else "stand-in",
+              "warmup": args.run,
               "exact_cosine": {"mean": exact.mean().item(), "std": exact.std().item()},
               "vs_exact": {}, "vs_dense": {}}
     references = [v for v in simulated if v[1] == args.dim]  # the reference method at its dim, many seeds
@@ -286,11 +289,13 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dim", type=int, default=8192)
     parser.add_argument("--length", type=int, default=256, help="max tokens per example")
-    parser.add_argument("--quality-pool", type=int, default=160)
+    parser.add_argument("--quality-pool", type=int, default=480, help="pool examples (needs ~60 MB of disk each)")
     parser.add_argument("--dense-quality", action="store_true", help="include the (slow) dense projection in quality")
     parser.add_argument("--seeds", type=int, default=1, help="projection seeds for the fast kinds in quality")
     parser.add_argument("--dense-seeds", type=int, default=10, help="simulated dense projections in quality")
-    parser.add_argument("--run", help="warmup run whose last checkpoint to use (default: a stand-in state)")
+    parser.add_argument("--run", help="warmup run to use (default: a short one made in --workdir)")
+    parser.add_argument("--memory-examples", type=int, default=128,
+                        help="also build sparse features of this many examples: peak memory must not grow")
     parser.add_argument("--quality-dims", type=int, nargs="*", help="dims for the fast kinds in quality (default --dim)")
     parser.add_argument("--skip", nargs="*", default=[], help="variants to leave out")
     parser.add_argument("--device", default="auto")
@@ -305,11 +310,15 @@ def main():
         print(json.dumps(run_variant(args)))
         return
 
+    prepare(args)
     variants = [v for v in ["training", *PROJECTORS, "reference"] if v not in args.skip]
     results = {}
     for v in variants:
         results[v] = child(args, v)
         print(json.dumps(results[v]), flush=True)
+    if args.memory_examples and "sparse" in results:
+        results[f"sparse-{args.memory_examples}"] = child(args, "sparse", examples=args.memory_examples)
+        print(json.dumps(results[f"sparse-{args.memory_examples}"]), flush=True)
     if "training" in results:
         floor = results["training"]["examples_per_s"]
         for v, r in results.items():

@@ -1,4 +1,5 @@
-"""Plot bench/results.json (from build_speed.py): throughput of each variant relative to training.
+"""Plots of build_speed.py's records: throughput of each variant (bench/build_speed.png) and, when
+the record has a quality part, each projection's agreement with the exact selection (…_quality.png).
 
     python bench/plot.py [bench/results.json] [bench/build_speed.png]
 """
@@ -15,8 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(results: Path, out: Path) -> None:
-    record = json.loads(results.read_text())
+def plot_speed(record: dict, out: Path) -> None:
     speed = record["speed"]
     names = list(speed)
     rates = [speed[n]["examples_per_s"] for n in names]
@@ -33,6 +33,34 @@ def main(results: Path, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")
+
+
+def plot_quality(quality: dict, out: Path) -> None:
+    """Top-5% Jaccard with the exact selection and Pearson of cosines, mean and range over seeds."""
+    names = list(quality["vs_exact"])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.45 * len(names) + 1.4), sharey=True)
+    for ax, metric, label in zip(axes, ("top5_jaccard", "pearson"), ("top-5% Jaccard", "Pearson of cosines")):
+        stats = [quality["vs_exact"][n][metric] for n in names]
+        mean = [s["mean"] for s in stats]
+        err = [[m - s["min"] for m, s in zip(mean, stats)], [s["max"] - m for m, s in zip(mean, stats)]]
+        ax.barh(names, mean, xerr=err, capsize=3,
+                color=["0.6" if n.startswith("dense") else "C0" for n in names])
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"{label} vs exact (bars: range over seeds)")
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{quality['pool']} pool examples x {quality['targets']} BBH shots, top {quality['top_k']}; "
+                 f"warmup {Path(quality['warmup']).name}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+def main(results: Path, out: Path) -> None:
+    record = json.loads(results.read_text())
+    if record.get("speed"):
+        plot_speed(record, out)
+    if "quality" in record:
+        plot_quality(record["quality"], out.with_name(out.stem + "_quality.png"))
 
 
 if __name__ == "__main__":

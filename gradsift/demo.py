@@ -1,8 +1,8 @@
 """``gradsift demo``: the whole pipeline on the bundled SmolLM2-135M with real pool and target data.
 
 Sized for about 20 minutes on 2 CPU cores: a 540-example pool from nine task families, the 81 BBH
-and 49 MMLU chain-of-thought shots as targets, a 2-epoch warmup on 10% of the pool, LoRA r=8 and
-a 1024-dimensional projection (the paper's r=128 / 8192 are the CLI defaults; on a GPU use those).
+and 49 MMLU chain-of-thought shots as targets, a 2-epoch warmup on 10% of the pool and LoRA r=8
+(the paper's r=128 is the CLI default; on a GPU use it), features projected to the default 8192 dims.
 Everything it writes, including the pipeline YAML to re-run or edit, goes under the output folder.
 """
 
@@ -23,7 +23,7 @@ DEMO_SETTINGS = {
     "workdir": ".",
     "warmup": {"fraction": 0.1, "epochs": 2, "lora_r": 8, "lora_alpha": 32, "learning_rate": 2e-4,
                "batch_size": 8, "micro_batch_size": 8, "max_length": 384},
-    "pool": {"dim": 1024, "batch_size": 16},
+    "pool": {"batch_size": 16},
     "select": {"fraction": 0.05},
 }
 

@@ -203,7 +203,7 @@ def test_store_layout_and_manifest(stores, run, data):
     assert [c["name"] for c in m["checkpoints"]] == [c.path.name for c in run.checkpoints]
     assert [c["lr"] for c in m["checkpoints"]] == [c.lr for c in run.checkpoints]
     assert sum(c["weight"] for c in m["checkpoints"]) == pytest.approx(1.0)
-    assert m["projection"] == {"kind": "dense", "input_dim": m["parameters"]["count"], "dim": DIM, "seed": 0}
+    assert m["projection"] == {"kind": "sparse", "input_dim": m["parameters"]["count"], "dim": DIM, "seed": 0, "nnz": 4}
     assert m["counts"] == {"examples": 52, "ok": 51, "no_label_tokens": 1, "bad_records": 0}
     assert [f["path"] for f in m["files"]] == [str(p) for p in data["pool"]]
     assert target.manifest["gradient"] == "sgd" and target.manifest["adam_form"] is None
