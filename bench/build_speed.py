@@ -3,7 +3,7 @@
 On the same machine and the same examples (the longest BBH / MMLU chain-of-thought shots and demo
 pool records, cut to --length 256 tokens), SmolLM2-135M with LoRA r=128 on q,k,v,o, dim 8192:
 
-  training   a plain batched LoRA training pass (forward, backward, AdamW step): the floor
+  training   a plain batched LoRA training pass (forward, backward, AdamW step; no dropout): the floor
   reference  the reference LESS method written in our code: batch size 1, autograd gradient,
              Adam feature, dense Rademacher projection
   <kind>     `gradsift build` (the Python API) with each projection kind, store written
@@ -126,8 +126,7 @@ def run_variant(args) -> dict:
         sync()
         start = time.perf_counter()
         if args.variant == "training":
-            optimizer = torch.optim.AdamW(params, lr=1e-5)
-            model.train()
+            optimizer = torch.optim.AdamW(params, lr=1e-5)  # model stays in eval mode: no dropout, as in build
             for batch in batches(examples, args.batch_size, tokenizer.pad_token_id, device):
                 per_example_loss(model, batch).mean().backward()
                 optimizer.step()
