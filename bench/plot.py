@@ -37,7 +37,7 @@ def plot_speed(record: dict, out: Path) -> None:
 
 def plot_quality(quality: dict, out: Path) -> None:
     """Top-5% Jaccard with the exact selection and Pearson of cosines, mean and range over seeds."""
-    names = list(quality["vs_exact"])
+    names = sorted(quality["vs_exact"], key=lambda n: (int(n.rsplit("-d", 1)[1]), n))  # by dims, then kind
     fig, axes = plt.subplots(1, 2, figsize=(9, 0.45 * len(names) + 1.4), sharey=True)
     for ax, metric, label in zip(axes, ("top5_jaccard", "pearson"), ("top-5% Jaccard", "Pearson of cosines")):
         stats = [quality["vs_exact"][n][metric] for n in names]
@@ -46,10 +46,10 @@ def plot_quality(quality: dict, out: Path) -> None:
         ax.barh(names, mean, xerr=err, capsize=3,
                 color=["0.6" if n.startswith("dense") else "C0" for n in names])
         ax.set_xlim(0, 1)
-        ax.set_xlabel(f"{label} vs exact (bars: range over seeds)")
+        ax.set_xlabel(f"{label} vs exact")
     axes[0].invert_yaxis()
-    fig.suptitle(f"{quality['pool']} pool examples x {quality['targets']} BBH shots, top {quality['top_k']}; "
-                 f"warmup {Path(quality['warmup']).name}", fontsize=9)
+    fig.suptitle(f"{quality['pool']} pool examples x {quality['targets']} BBH shots, top {quality['top_k']}: "
+                 "mean and range over projection seeds (grey: the dense reference)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")
@@ -59,8 +59,8 @@ def main(results: Path, out: Path) -> None:
     record = json.loads(results.read_text())
     if record.get("speed"):
         plot_speed(record, out)
-    if "quality" in record:
-        plot_quality(record["quality"], out.with_name(out.stem + "_quality.png"))
+    if "quality" in record:  # beside the speed plot, or in its place when the record has no speed part
+        plot_quality(record["quality"], out.with_name(out.stem + "_quality.png") if record.get("speed") else out)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ matrix never has to exist; the math is float32 whatever the model's dtype.
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from typing import ClassVar, Literal, Sequence
 
@@ -92,6 +93,10 @@ class DenseRademacherProjector(Projector):
 
 
 class SparseJLProjector(Projector):
+    """Each parameter's map is kept as a (dim, numel) CSR matrix with NNZ entries per column, so a
+    batch is projected by one sparse-dense product (several times faster on a CPU than scattering
+    with index_add, and a cuSPARSE call on a GPU)."""
+
     kind = "sparse"
     NNZ = 4
 
@@ -99,29 +104,34 @@ class SparseJLProjector(Projector):
         super().__init__(shapes, dim, seed)
         if dim % self.NNZ:
             raise ValueError(f"sparse projection needs dim divisible by {self.NNZ}, got {dim}")
-        self._maps: dict = {}
+        self._matrices: dict = {}
 
-    def _map(self, param: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _map(self, param: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(NNZ, numel) bucket indices into ``out`` and (NNZ, numel) signed values, keyed by (seed, param)."""
+        n, width = self.numels[param], self.dim // self.NNZ
+        rng = _stream(self.seed, 2 * param)
+        buckets = torch.from_numpy(rng.integers(0, width, size=(self.NNZ, n), dtype=np.int64))
+        buckets += torch.arange(self.NNZ).unsqueeze(1) * width  # one bucket in each block
+        return buckets, rademacher(self.seed, 2 * param + 1, (self.NNZ, n), 1 / math.sqrt(self.NNZ))
+
+    def _matrix(self, param: int, device) -> torch.Tensor:
         key = (param, str(device))
-        if key not in self._maps:
-            n, width = self.numels[param], self.dim // self.NNZ
-            rng = _stream(self.seed, 2 * param)
-            buckets = torch.from_numpy(rng.integers(0, width, size=(self.NNZ, n), dtype=np.int32))
-            buckets += torch.arange(self.NNZ, dtype=torch.int32).unsqueeze(1) * width  # one bucket in each block
-            signs = rademacher(self.seed, 2 * param + 1, (self.NNZ, n), 1 / math.sqrt(self.NNZ))
-            self._maps[key] = (buckets.to(device), signs.to(device))
-        return self._maps[key]
+        if key not in self._matrices:
+            buckets, signs = self._map(param)
+            rows = buckets.flatten()
+            order = torch.argsort(rows, stable=True)
+            columns = torch.arange(self.numels[param], dtype=torch.int32).repeat(self.NNZ)[order]
+            crow = torch.zeros(self.dim + 1, dtype=torch.int64)
+            crow[1:] = torch.bincount(rows, minlength=self.dim).cumsum(0)
+            with warnings.catch_warnings():  # "beta" and "invariant checks disabled": built right by construction
+                warnings.simplefilter("ignore", UserWarning)
+                matrix = torch.sparse_csr_tensor(crow.int(), columns, signs.flatten()[order],
+                                                 (self.dim, self.numels[param]))
+            self._matrices[key] = matrix.to(device)
+        return self._matrices[key]
 
     def accumulate(self, out, param, grad):
-        buckets, signs = self._map(param, out.device)
-        # Scatter whole rows (one coordinate's values for the batch) rather than strided columns:
-        # the same speed at batch 16, several times faster for tall inputs.
-        rows = grad.T.contiguous()
-        acc = torch.zeros(self.dim, grad.shape[0], device=out.device)
-        for k in range(self.NNZ):
-            acc.index_add_(0, buckets[k], rows * signs[k, :, None])
-        out += acc.T
+        out += (self._matrix(param, out.device) @ grad.T).T
 
     def describe(self) -> dict:
         return {**super().describe(), "nnz": self.NNZ}

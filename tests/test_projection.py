@@ -238,20 +238,20 @@ class SparseZeros(_Zeros, SparseJLProjector):
 
 
 class SparseNoSigns(SparseJLProjector):
-    def _map(self, param, device):
-        buckets, signs = super()._map(param, device)
+    def _map(self, param):
+        buckets, signs = super()._map(param)
         return buckets, signs.abs()
 
 
 class SparseNoBlockOffset(SparseJLProjector):  # all NNZ buckets drawn in the first block: collisions
-    def _map(self, param, device):
-        buckets, signs = super()._map(param, device)
+    def _map(self, param):
+        buckets, signs = super()._map(param)
         return buckets % (self.dim // self.NNZ), signs
 
 
 class SparseSharedMap(SparseJLProjector):  # the map not keyed by parameter
-    def _map(self, param, device):
-        return SparseJLProjector._map(SparseJLProjector([self.shapes[param]], self.dim, self.seed), 0, device)
+    def _map(self, param):
+        return SparseJLProjector._map(SparseJLProjector([self.shapes[param]], self.dim, self.seed), 0)
 
 
 class KroneckerZeros(_Zeros, KroneckerProjector):
