@@ -36,7 +36,7 @@ class BuildConfig:
     adam_form: AdamForm = field(default="corrected", metadata={
         "help": "corrected: bias-corrected Adam update; less: the reference code's formula"})
     projection: ProjectionKind = field(default="sparse", metadata={
-        "help": "sparse: sparse JL (default: as faithful as dense, ~10x faster on a CPU); dense: Rademacher JL "
+        "help": "sparse: sparse JL (default: as faithful as dense, 8x faster on a CPU); dense: Rademacher JL "
                 "(the reference); kronecker: per-parameter two-sided"})
     dim: int = field(default=8192, metadata={"help": "projected dimensions"})
     seed: int = field(default=0, metadata={"help": "projection seed (the same for every store to compare)"})
