@@ -229,8 +229,9 @@ def quality(args) -> dict:
     real = [(k, d, s) for k in PROJECTORS if k != "dense" for d in dims for s in range(args.seeds)]
     real += [("dense", args.dim, 0)] if args.dense_quality else []
     projectors = {v: make_projector(v[0], shapes, v[1], v[2]) for v in real}
-    projected = {v: torch.zeros(n + len(targets), v[1]) for v in real}
-    gram = torch.zeros(n + len(targets), n + len(targets), dtype=torch.float64)
+    rows = blocks[0].shape[0]  # pool, then targets
+    projected = {v: torch.zeros(rows, v[1]) for v in real}
+    gram = torch.zeros(rows, rows, dtype=torch.float64)
     for p, block in enumerate(tqdm(blocks, unit="param", desc="gram and projections")):
         x = torch.from_numpy(np.ascontiguousarray(block))
         gram += (x @ x.T).double()
@@ -265,7 +266,7 @@ def quality(args) -> dict:
                     "max": max(r[m] for r in runs), "runs": len(runs)} for m in runs[0]}
 
     exact = cos["exact", 0, 0]
-    report = {"pool": n, "targets": len(targets), "subtasks": len(set(subtasks)), "top_k": k_top,
+    report = {"pool": n, "targets": len(bbh), "subtasks": len(set(subtasks)), "top_k": k_top,
               "warmup": args.run,
               "exact_cosine": {"mean": exact.mean().item(), "std": exact.std().item()},
               "vs_exact": {}, "vs_dense": {}}
