@@ -53,7 +53,7 @@ from gradsift.gradients import PerExampleGradients
 from gradsift.models import load_model, pick_device
 from gradsift.projection import PROJECTORS, make_projector
 from gradsift.scoring import aggregate, top_k
-from gradsift.select import subtask_of
+from gradsift.methods import subtask_of
 from gradsift.warmup import Run, WarmupConfig, lora_parameters, warmup
 
 

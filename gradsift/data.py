@@ -51,6 +51,7 @@ class ExampleRef:
     subtask: str
     tokens: int = 0  # after truncation
     label_tokens: int = 0  # tokens that carry a loss; 0 means the example is skipped, never scored
+    chars: int = 0  # characters of all its turns' contents: its length before any tokenizer
 
     @property
     def status(self) -> str:
@@ -181,6 +182,7 @@ def scan_file(path: Path, skip_bad: bool) -> Iterator[tuple[ExampleRef, list[dic
             ref = ExampleRef(
                 file=str(path), line=line, offset=offset, length=len(raw),
                 id=str(rid), source=str(record.get("source", path.stem)), subtask=str(record.get("subtask", "")),
+                chars=sum(len(m["content"]) for m in messages),
             )
         except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
             if not skip_bad:
@@ -282,9 +284,10 @@ def label_count(labels: list[int]) -> int:
 
 
 def index_examples(
-    paths: list[Path], encoder: ChatEncoder, skip_bad: bool = False
+    paths: list[Path], encoder: ChatEncoder | None, skip_bad: bool = False
 ) -> tuple[list[ExampleRef], list[BadRecord], list[DataFile]]:
-    """Read, validate and tokenize every record of the files (streaming: only counts are kept)."""
+    """Read, validate and tokenize every record of the files (streaming: only counts are kept).
+    Without an encoder (methods that read text only) records are validated but not tokenized."""
     examples, bad, files = [], [], []
     for path in (Path(p).resolve() for p in paths):  # absolute: stores are read from anywhere
         count = 0
@@ -292,11 +295,13 @@ def index_examples(
             if problem is not None:
                 bad.append(problem)
                 continue
-            try:
-                ids, labels = encoder.encode(messages)
-            except ValueError as e:
-                raise DataError(path, ref.line, str(e)) from None
-            examples.append(replace(ref, tokens=len(ids), label_tokens=label_count(labels)))
+            if encoder is not None:
+                try:
+                    ids, labels = encoder.encode(messages)
+                except ValueError as e:
+                    raise DataError(path, ref.line, str(e)) from None
+                ref = replace(ref, tokens=len(ids), label_tokens=label_count(labels))
+            examples.append(ref)
             count += 1
         files.append(DataFile(path=str(path), sha256=file_sha256(path), records=count))
     return examples, bad, files

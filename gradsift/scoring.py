@@ -26,6 +26,15 @@ def weighted_similarity(pool: list[torch.Tensor], target: list[torch.Tensor], we
     return total
 
 
+def subtask_means(similarity: torch.Tensor, subtasks: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """(rows, n_subtasks) mean similarity to each subtask's target examples, and the subtask names (sorted)."""
+    names = sorted(set(subtasks))
+    groups = torch.tensor([names.index(s) for s in subtasks])
+    sums = torch.zeros(similarity.shape[0], len(names), dtype=similarity.dtype).index_add_(1, groups, similarity)
+    counts = torch.bincount(groups, minlength=len(names)).to(similarity.dtype)
+    return sums / counts, names
+
+
 def aggregate(similarity: torch.Tensor, subtasks: list[str], how: Aggregate = "subtask-mean-max") -> torch.Tensor:
     """One score per pool row from its similarities to every target example.
 
@@ -37,11 +46,13 @@ def aggregate(similarity: torch.Tensor, subtasks: list[str], how: Aggregate = "s
         return similarity.max(1).values
     if how != "subtask-mean-max":
         raise ValueError(f"unknown aggregation {how!r}")
-    names = sorted(set(subtasks))
-    groups = torch.tensor([names.index(s) for s in subtasks])
-    sums = torch.zeros(similarity.shape[0], len(names), dtype=similarity.dtype).index_add_(1, groups, similarity)
-    counts = torch.bincount(groups, minlength=len(names)).to(similarity.dtype)
-    return (sums / counts).max(1).values
+    return subtask_means(similarity, subtasks)[0].max(1).values
+
+
+def best_subtask(similarity: torch.Tensor, subtasks: list[str]) -> list[str]:
+    """Each pool row's closest target subtask (highest mean similarity): what the report groups by."""
+    means, names = subtask_means(similarity, subtasks)
+    return [names[k] for k in means.argmax(1).tolist()]
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

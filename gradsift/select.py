@@ -1,9 +1,11 @@
 """Stage 3, select: score every pool example against each target and keep the global top fraction.
 
+Every method (``gradsift.methods``: less from gradient stores; random, bm25, rds, full from records
+files) only scores; ranking, ties, the selection's size and the output files are this module's.
 Writes, per target, ``selected.jsonl`` (records verbatim, best first; JSON-array records and Parquet
 rows as one-line JSON), ``scores.csv`` (one row per pool example) and ``summary.json``. With one
-target they go in OUTPUT/; with several, in OUTPUT/<target store name>/, all from one pass over the
-pool store.
+target they go in OUTPUT/; with several target stores, in OUTPUT/<target store name>/, all from one
+pass over the pool.
 """
 
 from __future__ import annotations
@@ -13,28 +15,44 @@ import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from .data import read_records
 from .datastore import GradientStore
 from .errors import ConfigError
 from .files import atomic_write_bytes, atomic_write_json
-from .scoring import Aggregate, aggregate, checkpoint_weights, top_k, weighted_similarity
+from .methods import METHODS, Bm25, FullPool, Less, Pool, RandomSelection, Rds, SelectionMethod, Target
+
+from .scoring import Aggregate, top_k
+
+MethodName = Literal["less", "random", "bm25", "rds", "full"]
 
 
 @dataclass
 class SelectConfig:
-    train_store: Path = field(metadata={"help": "gradient store of the pool (built with --gradient adam)"})
-    target_store: list[Path] = field(metadata={"help": "gradient stores of the targets (--gradient sgd)"})
     output: Path = field(metadata={"help": "folder for selected.jsonl, scores.csv, summary.json"})
+    method: MethodName = field(default="less", metadata={
+        "help": "less: gradient stores (--train-store, --target-store); random, bm25, rds (needs --model), full: "
+                "records files (--pool, --target)"})
+    train_store: Path | None = field(default=None, metadata={"help": "less: gradient store of the pool (--gradient adam)"})
+    target_store: list[Path] | None = field(default=None, metadata={
+        "help": "less: gradient stores of the targets (--gradient sgd); several give one selection each"})
+    pool: list[Path] | None = field(default=None, metadata={"help": "random/bm25/rds/full: pool records files"})
+    target: list[Path] | None = field(default=None, metadata={
+        "help": "random/bm25/rds/full: the target's records files (one target; subtask = record field or file)"})
+    model: str | None = field(default=None, metadata={"help": "rds: the selector model whose hidden states are compared"})
     fraction: float | None = field(default=0.05, metadata={"help": "fraction of the pool to select"})
     count: int | None = field(default=None, metadata={"help": "number of examples to select (overrides --fraction)"})
     aggregate: Aggregate = field(default="subtask-mean-max", metadata={
         "help": "subtask-mean-max (paper): mean per subtask, max over subtasks; or mean, max"})
+    seed: int = field(default=0, metadata={"help": "random: the seed of the draw"})
+    max_length: int = field(default=1024, metadata={"help": "rds: truncate examples to this many tokens"})
+    batch_size: int = field(default=16, metadata={"help": "rds: examples per forward pass"})
+    device: str = field(default="auto", metadata={"help": "rds: auto, cpu, cuda, ..."})
     chunk_rows: int = field(default=16384, metadata={"help": "pool rows scored at a time (bounds memory)"})
+    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
 
 
 @dataclass
@@ -51,63 +69,77 @@ class Selection:
         return self.ranking[: self.count]
 
 
-def subtask_of(ref) -> str:
-    """A target example's subtask: its ``subtask`` field, else its file."""
-    return ref.subtask or Path(ref.file).stem
+def make_method(config: SelectConfig) -> SelectionMethod:
+    """The configured method, with the settings it uses."""
+    similarity = {"aggregate": config.aggregate, "chunk_rows": config.chunk_rows}
+    if config.method == "less":
+        return Less(**similarity)
+    if config.method == "bm25":
+        return Bm25(**similarity)
+    if config.method == "rds":
+        if not config.model:
+            raise ConfigError("--method rds needs the selector model: --model MODEL")
+        return Rds(**similarity, model=config.model, max_length=config.max_length, batch_size=config.batch_size,
+                   device=config.device)
+    if config.method == "random":
+        return RandomSelection(seed=config.seed)
+    if config.method == "full":
+        return FullPool()
+    raise ConfigError(f"unknown method {config.method!r}; known: {sorted(METHODS)}")
 
 
-def score_pool(pool: GradientStore, targets: list[GradientStore], how: Aggregate, chunk_rows: int) -> list[np.ndarray]:
-    """Scores of every pool row for each target, streaming the pool store in chunks."""
-    weights = checkpoint_weights([c["lr"] for c in pool.checkpoints])
-    names = [c["name"] for c in pool.checkpoints]
-    target_rows = [np.flatnonzero(t.ok_mask()) for t in targets]
-    target_feats = [
-        torch.from_numpy(np.concatenate([np.asarray(t.features(c)[rows], np.float32) for t, rows in zip(targets, target_rows)]))
-        for c in names
-    ]
-    bounds = np.cumsum([0] + [len(rows) for rows in target_rows])
-    subtasks = [[subtask_of(t.index[i]) for i in rows] for t, rows in zip(targets, target_rows)]
-    pool_feats = [pool.features(c) for c in names]
-    rows = len(pool.index)
-    scores = [np.zeros(rows, np.float32) for _ in targets]
-    for start in tqdm(range(0, rows, chunk_rows), desc="score", unit="chunk", disable=rows <= chunk_rows):
-        chunk = [torch.from_numpy(np.asarray(f[start: start + chunk_rows], np.float32)) for f in pool_feats]
-        sim = weighted_similarity(chunk, target_feats, weights)
-        for k in range(len(targets)):
-            scores[k][start: start + chunk_rows] = aggregate(sim[:, bounds[k]: bounds[k + 1]], subtasks[k], how).numpy()
-    return scores
+def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
+    """The pool and targets: gradient stores for less, records files for every other method."""
+    if config.method == "less":
+        if config.train_store is None or not config.target_store:
+            raise ConfigError("--method less selects from gradient stores: give --train-store and --target-store "
+                              "(or --pool and --target with another --method)")
+        pool = GradientStore.open(config.train_store)
+        stores = [GradientStore.open(p) for p in config.target_store]
+        for store in stores:
+            pool.check_comparable(store)
+        return Pool.from_store(pool), [Target.from_store(s) for s in stores]
+    if not config.pool or not config.target:
+        raise ConfigError(f"--method {config.method} reads records files: give --pool and --target")
+    pool = Pool.from_files(config.pool, config.skip_bad_records)
+    return pool, [Target.from_files(Path(config.target[0]).stem, config.target, config.skip_bad_records)]
 
 
 def select(config: SelectConfig) -> list[Selection]:
-    pool = GradientStore.open(config.train_store)
-    targets = [GradientStore.open(p) for p in config.target_store]
-    for target in targets:
-        pool.check_comparable(target)
-        if not target.ok_mask().any():
-            raise ConfigError(f"target store {target.path} has no usable example (all without label tokens)")
+    method = make_method(config)
+    pool, targets = load_inputs(config)
+    return run_selection(method, pool, targets, Path(config.output), config.fraction, config.count)
+
+
+def selection_size(pool: Pool, fraction: float | None, count: int | None) -> int:
+    n = count if count is not None else round((fraction or 0) * len(pool.refs))
+    if not 0 < n <= pool.scorable.sum():
+        raise ConfigError(f"cannot select {n} of {pool.scorable.sum()} scorable pool examples; check --fraction/--count")
+    return n
+
+
+def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], output: Path,
+                  fraction: float | None = 0.05, count: int | None = None) -> list[Selection]:
+    """Score the pool with ``method`` against every target, rank, and write each target's three files."""
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
-        raise ConfigError(f"target stores need distinct folder names, got {names}")
-    scored = pool.ok_mask()
-    n_select = config.count if config.count is not None else round((config.fraction or 0) * len(pool.index))
-    if not 0 < n_select <= scored.sum():
-        raise ConfigError(f"cannot select {n_select} of {scored.sum()} scorable pool examples; "
-                          "check --fraction/--count")
-
-    all_scores = score_pool(pool, targets, config.aggregate, config.chunk_rows)
+        raise ConfigError(f"targets need distinct names (target store folder names), got {names}")
+    n_select = int(pool.scorable.sum()) if method.selects_all else selection_size(pool, fraction, count)
     selections = []
-    for target, scores in zip(targets, all_scores):
-        out = Path(config.output) if len(targets) == 1 else Path(config.output) / target.name
-        candidates = np.flatnonzero(scored)
-        ranking = candidates[top_k(scores[candidates], len(candidates))]
-        selection = Selection(target.name, scores, scored, ranking, n_select, out)
-        _write(selection, pool, target, config)
+    for target, result in zip(targets, method.score(pool, targets)):
+        candidates = np.flatnonzero(pool.scorable)
+        if not np.isfinite(result.scores[candidates]).all():
+            raise ConfigError(f"{method.name} gave a non-finite score for target {target.name}")
+        ranking = candidates[top_k(result.scores[candidates], len(candidates))]
+        out = output if len(targets) == 1 else output / target.name
+        selection = Selection(target.name, result.scores, pool.scorable, ranking, n_select, out)
+        _write(selection, method, pool, target, result.subtask)
         selections.append(selection)
     return selections
 
 
-def _write(sel: Selection, pool: GradientStore, target: GradientStore, config: SelectConfig) -> None:
-    index = pool.index
+def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, subtasks: list[str] | None) -> None:
+    index = pool.refs
     records = read_records([index[i] for i in sel.selected])
     atomic_write_bytes(sel.output / "selected.jsonl", b"".join(r + b"\n" for r in records))
 
@@ -115,26 +147,26 @@ def _write(sel: Selection, pool: GradientStore, target: GradientStore, config: S
     ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["file", "line", "id", "source", "score", "rank", "selected", "status"])
+    writer.writerow(["file", "line", "id", "source", "score", "rank", "selected", "status", "subtask", "chars"])
     for i, ref in enumerate(index):
         ok = sel.scored[i]
         writer.writerow([ref.file, ref.line, ref.id, ref.source, f"{sel.scores[i]:.7g}" if ok else "",
-                         ranks[i] if ok else "", int(ok and ranks[i] <= sel.count), ref.status])
+                         ranks[i] if ok else "", int(ok and ranks[i] <= sel.count), "ok" if ok else ref.status,
+                         subtasks[i] if subtasks and ok else "", ref.chars])
     atomic_write_bytes(sel.output / "scores.csv", text.getvalue().encode())
 
     pool_sources = Counter(ref.source for ref in index)
     picked_sources = Counter(index[i].source for i in sel.selected)
     valid = sel.scores[sel.scored]
-    target_subtasks = Counter(subtask_of(ref) for ref in target.index if ref.status == "ok")
-    atomic_write_json(sel.output / "summary.json", {
+    summary = {
         "target": sel.target,
-        "target_store": str(target.path),
-        "pool_store": str(pool.path),
-        "aggregate": config.aggregate,
-        "checkpoint_weights": {c["name"]: c["weight"] for c in pool.checkpoints},
+        "method": method.name,
+        "method_settings": method.settings(),
+        "aggregate": method.settings().get("aggregate"),
+        "pool_files": pool.files,
+        "target_files": target.files,
         "pool": {"examples": len(index), "scored": int(sel.scored.sum()),
-                 "skipped": {"no_label_tokens": int((~sel.scored).sum()),
-                             "bad_records": pool.manifest["counts"]["bad_records"]}},
+                 "skipped": {"no_label_tokens": int((~sel.scored).sum()), "bad_records": pool.bad_records}},
         "selected": len(sel.selected),
         "sources": {
             s: {"pool": n, "selected": picked_sources.get(s, 0), "pool_share": n / len(index),
@@ -143,6 +175,10 @@ def _write(sel: Selection, pool: GradientStore, target: GradientStore, config: S
         },
         "scores": {"min": float(valid.min()), "max": float(valid.max()), "mean": float(valid.mean()),
                    "threshold": float(sel.scores[sel.selected[-1]])},
-        "target_examples": {"usable": int(target.ok_mask().sum()), "skipped": int((~target.ok_mask()).sum()),
-                            "subtasks": dict(sorted(target_subtasks.items()))},
-    })
+        "target_examples": {"usable": len(target.refs), "skipped": target.skipped,
+                            "subtasks": dict(sorted(Counter(target.subtasks).items()))},
+    }
+    if pool.store is not None:
+        summary |= {"pool_store": str(pool.store.path), "target_store": str(target.store.path),
+                    "checkpoint_weights": {c["name"]: c["weight"] for c in pool.store.checkpoints}}
+    atomic_write_json(sel.output / "summary.json", summary)

@@ -142,7 +142,7 @@ def test_scores_csv_one_row_per_pool_example(selection, data, stores):
     pool, _ = stores
     assert len(rows) == 52 == len(pool.index)
     assert [(r["file"], int(r["line"])) for r in rows] == [(ref.file, ref.line) for ref in pool.index]
-    assert list(rows[0]) == ["file", "line", "id", "source", "score", "rank", "selected", "status"]
+    assert list(rows[0]) == ["file", "line", "id", "source", "score", "rank", "selected", "status", "subtask", "chars"]
     assert "nan" not in (out / "scores.csv").read_text().lower()
     (skipped,) = [r for r in rows if r["status"] != "ok"]
     assert skipped["id"] == "nolabel" and skipped["status"] == "no_label_tokens"
@@ -153,7 +153,10 @@ def test_scores_csv_one_row_per_pool_example(selection, data, stores):
     # ranks follow scores
     by_rank = sorted(scored, key=lambda r: int(r["rank"]))
     assert all(float(a["score"]) >= float(b["score"]) for a, b in zip(by_rank, by_rank[1:]))
-    assert next(r for r in rows if r["id"] == "copy0")["source"] == "web é"
+    copy0 = next(r for r in rows if r["id"] == "copy0")
+    assert copy0["source"] == "web é" and copy0["subtask"] == "skill0"  # the subtask it copies is its closest
+    messages = json.loads(data["copies"]["copy0"])["messages"]
+    assert int(copy0["chars"]) == sum(len(m["content"]) for m in messages)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["selected"] == 3 and summary["pool"]["skipped"]["no_label_tokens"] == 1
 

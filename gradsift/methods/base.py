@@ -1,0 +1,121 @@
+"""The one shape every selection method has: a pool and targets in, one score per pool row per target out.
+
+Ranking, ties, the selection size and the output files are shared (``gradsift.select``); a method only
+scores. Methods that compare each pool row with each target example (less, bm25, rds) subclass
+``SimilarityMethod`` and share the aggregation over target subtasks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+import numpy as np
+import torch
+
+from ..data import ExampleRef, index_examples
+from ..datastore import GradientStore
+from ..errors import ConfigError
+from ..scoring import Aggregate, aggregate, best_subtask
+
+
+def subtask_of(ref: ExampleRef) -> str:
+    """A target example's subtask: its ``subtask`` field, else its file."""
+    return ref.subtask or Path(ref.file).stem
+
+
+@dataclass
+class Pool:
+    refs: list[ExampleRef]
+    scorable: np.ndarray  # (rows,) bool: rows a method may score and select
+    files: list[str]
+    bad_records: int = 0
+    store: GradientStore | None = None  # the gradient store the rows come from (less)
+
+    @classmethod
+    def from_files(cls, paths: list[Path], skip_bad: bool = False) -> "Pool":
+        """Every parsed record is a row (text methods read records, they do not tokenize them)."""
+        refs, bad, files = index_examples(paths, None, skip_bad)
+        if not refs:
+            raise ConfigError(f"no pool records in {[str(p) for p in paths]}")
+        return cls(refs, np.ones(len(refs), bool), [f.path for f in files], len(bad))
+
+    @classmethod
+    def from_store(cls, store: GradientStore) -> "Pool":
+        return cls(store.index, store.ok_mask(), [f["path"] for f in store.manifest["files"]],
+                   store.manifest["counts"]["bad_records"], store)
+
+
+@dataclass
+class Target:
+    name: str
+    refs: list[ExampleRef]  # the usable target examples
+    files: list[str]
+    skipped: int = 0
+    store: GradientStore | None = None  # less: the target's gradient store (refs are its "ok" rows)
+
+    @property
+    def subtasks(self) -> list[str]:
+        return [subtask_of(r) for r in self.refs]
+
+    @classmethod
+    def from_files(cls, name: str, paths: list[Path], skip_bad: bool = False) -> "Target":
+        refs, _, files = index_examples(paths, None, skip_bad)
+        if not refs:
+            raise ConfigError(f"target {name!r} has no records in {[str(p) for p in paths]}")
+        return cls(name, refs, [f.path for f in files])
+
+    @classmethod
+    def from_store(cls, store: GradientStore) -> "Target":
+        ok = store.ok_mask()
+        if not ok.any():
+            raise ConfigError(f"target store {store.path} has no usable example (all without label tokens)")
+        return cls(store.name, [r for r, keep in zip(store.index, ok) if keep],
+                   [f["path"] for f in store.manifest["files"]], int((~ok).sum()), store)
+
+
+@dataclass
+class TargetScores:
+    scores: np.ndarray  # (rows,) float32; meaningful where the pool is scorable
+    subtask: list[str] | None = None  # each row's closest target subtask, for methods that compare with examples
+
+
+class SelectionMethod(ABC):
+    name: ClassVar[str]
+    selects_all: ClassVar[bool] = False  # full: the selection is the whole pool, whatever --fraction says
+
+    @abstractmethod
+    def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
+        """One TargetScores per target, in order."""
+
+    def settings(self) -> dict:
+        """What summary.json records about how this method scored."""
+        return {}
+
+
+@dataclass
+class SimilarityMethod(SelectionMethod):
+    """Scores a pool row by its similarity to every target example, aggregated over the target's subtasks
+    (``subtask-mean-max``: the mean over each subtask's examples, then the max over subtasks)."""
+
+    aggregate: Aggregate = "subtask-mean-max"
+    chunk_rows: int = field(default=16384)
+
+    @abstractmethod
+    def similarities(self, pool: Pool, targets: list[Target]) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """(first row, [similarity (chunk rows, target examples) per target]) for consecutive row chunks."""
+
+    def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
+        rows = len(pool.refs)
+        out = [TargetScores(np.zeros(rows, np.float32), [""] * rows) for _ in targets]
+        for start, chunk in self.similarities(pool, targets):
+            for target, sim, result in zip(targets, chunk, out):
+                end = start + sim.shape[0]
+                result.scores[start:end] = aggregate(sim.float(), target.subtasks, self.aggregate).numpy()
+                result.subtask[start:end] = best_subtask(sim.float(), target.subtasks)
+        return out
+
+    def settings(self) -> dict:
+        return {"aggregate": self.aggregate}
