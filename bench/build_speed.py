@@ -50,11 +50,12 @@ from gradsift.demo_data import build_demo_data
 from gradsift.features import normalize_rows
 from gradsift.files import atomic_write_bytes
 from gradsift.gradients import PerExampleGradients
+from gradsift.methods import subtask_of
 from gradsift.models import load_model, pick_device
 from gradsift.projection import PROJECTORS, make_projector
 from gradsift.scoring import aggregate, top_k
-from gradsift.methods import subtask_of
-from gradsift.warmup import Run, WarmupConfig, lora_parameters, warmup
+from gradsift.training import Run, lora_parameters
+from gradsift.warmup import WarmupConfig, warmup
 
 
 def prepare(args) -> None:

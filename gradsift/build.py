@@ -24,7 +24,7 @@ from .features import AdamForm, AdamState, normalize_rows
 from .gradients import PerExampleGradients
 from .models import pick_device
 from .projection import ProjectionKind, Projector, make_projector
-from .warmup import Run
+from .training import Run
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Command line: ``gradsift warmup | build | select | run | demo``. Each subcommand maps one-to-one onto
+"""Command line: ``gradsift warmup | build | select | train | evaluate | experiment | report | run | demo``. Each subcommand maps one-to-one onto
 a stage's config dataclass, whose field help strings and defaults are the flags' help and defaults."""
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def _config(cls, args: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     from .build import BuildConfig
+    from .evaluate import EvaluateConfig
     from .select import SelectConfig
+    from .train import TrainConfig
     from .warmup import WarmupConfig
 
     parser = argparse.ArgumentParser(prog="gradsift", description="Select the training data that most helps a "
@@ -68,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="score the pool against targets and write the top examples")
     add_config_arguments(p, SelectConfig)
     p.set_defaults(config_class=SelectConfig)
+
+    p = sub.add_parser("train", help="fine-tune a model (LoRA, or --full) on records, e.g. a selection")
+    add_config_arguments(p, TrainConfig)
+    p.set_defaults(config_class=TrainConfig)
+
+    p = sub.add_parser("evaluate", help="test loss and accuracy of a model (with --adapter) on held-out records")
+    add_config_arguments(p, EvaluateConfig)
+    p.set_defaults(config_class=EvaluateConfig)
+
+    p = sub.add_parser("experiment", help="targets x methods x fractions x seeds: select, train, evaluate")
+    p.add_argument("config", type=Path, help="experiment YAML (see gradsift.experiment)")
+    p.add_argument("--output", type=Path, required=True, help="experiment folder (resumed if it exists)")
+
+    p = sub.add_parser("report", help="DIR/report.html for a selection or an experiment folder")
+    p.add_argument("dir", type=Path, help="a selection folder (from select) or an experiment folder")
 
     p = sub.add_parser("run", help="the whole pipeline from one YAML config file")
     p.add_argument("config", type=Path, help="pipeline YAML (see gradsift.pipeline)")
@@ -98,6 +115,29 @@ def main(argv: list[str] | None = None) -> int:
 
             for selection in select(_config(args.config_class, args)):
                 print_selection(selection)
+        elif args.command == "train":
+            from .train import train
+
+            run = train(_config(args.config_class, args))
+            print(f"trained: {run.path} ({len(run.checkpoints)} epochs; final "
+                  f"{'model' if run.full else 'adapter'} in {run.path})")
+        elif args.command == "evaluate":
+            from .evaluate import evaluate
+
+            summary = evaluate(_config(args.config_class, args))
+            accuracy = "n/a" if summary["accuracy"] is None else f"{summary['accuracy']:.3f}"
+            loss = "n/a" if summary["loss"] is None else f"{summary['loss']:.4f}"
+            print(f"evaluated {summary['examples']} examples: loss {loss}, accuracy {accuracy} -> {args.output}")
+        elif args.command == "experiment":
+            from .experiment import load_experiment, run_experiment
+
+            run_experiment(load_experiment(args.config), args.output)
+            print((args.output / "results.md").read_text())
+            print(f"results: {args.output}/results.csv, results.md, results.png")
+        elif args.command == "report":
+            from .report import write_report
+
+            print(f"report: {write_report(args.dir)}")
         elif args.command == "run":
             from .pipeline import load_pipeline, run_pipeline
             from .report import print_selection

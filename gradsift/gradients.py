@@ -19,7 +19,7 @@ import torch
 
 from .data import per_example_loss
 from .features import flat_layout
-from .warmup import lora_parameters
+from .training import lora_parameters
 
 Consumer = Callable[[int, torch.Tensor], None]  # (parameter index, (batch, numel) float32 gradients)
 

@@ -53,16 +53,16 @@ class PipelineConfig:
         """Typed configs of every stage; unknown or missing keys are reported by stage."""
         if "pool" in self.targets:
             raise ConfigError("a target cannot be named 'pool' (the pool store has that name)")
-        warm = _make(WarmupConfig, "warmup", {"train": self.pool.get("data"), **self.warmup},
+        warm = stage_config(WarmupConfig, "warmup", {"train": self.pool.get("data"), **self.warmup},
                      model=self.model, output=self.run_dir)
-        pool = _make(BuildConfig, "pool", {"gradient": "adam", **self.pool}, run=self.run_dir,
+        pool = stage_config(BuildConfig, "pool", {"gradient": "adam", **self.pool}, run=self.run_dir,
                      output=self.store_dir("pool"))
         targets = {
-            name: _make(BuildConfig, f"targets.{name}", {**_shared_projection(self.pool), "gradient": "sgd", **spec},
+            name: stage_config(BuildConfig, f"targets.{name}", {**_shared_projection(self.pool), "gradient": "sgd", **spec},
                         run=self.run_dir, output=self.store_dir(name))
             for name, spec in self.targets.items()
         }
-        chosen = _make(SelectConfig, "select", self.select, train_store=self.store_dir("pool"),
+        chosen = stage_config(SelectConfig, "select", self.select, train_store=self.store_dir("pool"),
                        target_store=[self.store_dir(n) for n in self.targets], output=self.selection_dir)
         return warm, pool, targets, chosen
 
@@ -72,7 +72,9 @@ def _shared_projection(pool: dict) -> dict:
     return {k: pool[k] for k in ("projection", "dim", "seed", "max_length", "device") if k in pool}
 
 
-def _make(cls, stage: str, values: dict, **fixed):
+def stage_config(cls, stage: str, values: dict, **fixed):
+    """A stage's typed config from YAML values plus ``fixed`` ones; unknown keys or wrong fields are a
+    ConfigError naming the stage (path lists become Paths)."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:

@@ -12,7 +12,8 @@ from conftest import chat_records, write_jsonl
 from safetensors.torch import load_file
 
 from gradsift.features import adam_feature, normalize_rows
-from gradsift.warmup import Run, WarmupConfig, warmup
+from gradsift.training import Run
+from gradsift.warmup import WarmupConfig, warmup
 
 
 def corrected_by_hand(g, m, v, step, b1, b2, eps):

@@ -18,7 +18,8 @@ from gradsift.datastore import GradientStore
 from gradsift.errors import ConfigError, StoreMismatchError
 from gradsift.scoring import aggregate, checkpoint_weights, top_k, weighted_similarity
 from gradsift.select import SelectConfig, select
-from gradsift.warmup import Run, WarmupConfig, warmup
+from gradsift.training import Run
+from gradsift.warmup import WarmupConfig, warmup
 
 # The target skill has its own words; the pool is general text. LoRA features of a random tiny model are
 # dominated by Adam's shared momentum, so copies of the targets only stand out reliably from pool

@@ -12,9 +12,10 @@ from conftest import chat_records, write_jsonl
 from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
-import gradsift.warmup as warmup_module
+import gradsift.training as warmup_module
 from gradsift.errors import ConfigError
-from gradsift.warmup import Run, WarmupConfig, warmup
+from gradsift.training import Run
+from gradsift.warmup import WarmupConfig, warmup
 
 N_EXAMPLES = 18  # 5 steps of 4 per epoch, the last one partial
 

@@ -34,7 +34,10 @@ class Bm25(SimilarityMethod):
         for target in targets:
             queries = bm25s.tokenize([record_text(r) for r in target.refs], stopwords="en", return_ids=False,
                                      show_progress=False)
-            sims.append(torch.from_numpy(np.stack([retriever.get_scores(q) for q in queries], axis=1)))
+            # a query with no token left (all stopwords or one-letter words) matches nothing; bm25s's
+            # get_scores cannot take an empty query
+            zeros = np.zeros(len(pool.refs), np.float32)
+            sims.append(torch.from_numpy(np.stack([retriever.get_scores(q) if q else zeros for q in queries], axis=1)))
         yield 0, sims  # the index is in memory anyway: one chunk
 
     def settings(self) -> dict:

@@ -1,0 +1,325 @@
+"""Evaluate: loss and accuracy of a model, optionally with a LoRA adapter, on held-out test records.
+
+- **loss**: each example's mean loss over its answer (assistant) tokens, averaged over examples.
+- **accuracy**: a record with ``choices`` (a list of strings) is right when the choice with the
+  highest summed log-likelihood, put in place of the record's last assistant message, is the one
+  equal to that message. Any other record is answered by greedy generation and right when
+  ``normalize_answer(extract_answer(...))`` of the generation and of the reference agree.
+
+Writes ``OUTPUT/summary.json`` (loss, accuracy, counts, per-subtask results, settings) and
+``OUTPUT/examples.jsonl`` (one row per example in input order: file, line, id, subtask, status,
+label_tokens, loss, kind, prediction, reference, correct).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import (
+    BadRecord,
+    ChatEncoder,
+    ExampleRef,
+    collate,
+    index_examples,
+    label_count,
+    per_example_loss,
+    read_messages,
+    read_record_bytes,
+    to_messages,
+)
+from .errors import ConfigError, DataError
+from .files import atomic_write_bytes, atomic_write_json, read_json
+from .models import ModelInfo, load_model, model_fingerprint, pick_device
+
+
+@dataclass
+class EvaluateConfig:
+    model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
+    data: list[Path] = field(metadata={"help": "held-out test files (JSON Lines, JSON array or Parquet); records "
+                                               "with 'choices' are scored by likelihood, others by generation"})
+    output: Path = field(metadata={"help": "folder to write summary.json and examples.jsonl to"})
+    adapter: Path | None = field(default=None, metadata={
+        "help": "peft adapter folder (adapter_config.json + adapter_model.safetensors), e.g. from `gradsift train`"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward or generation pass"})
+    max_length: int = field(default=1024, metadata={"help": "truncate examples to this many tokens"})
+    max_new_tokens: int = field(default=64, metadata={
+        "help": "greedy generation budget for records without choices; 0: no generation (no accuracy for them)"})
+    skip_bad_records: bool = field(default=False, metadata={
+        "help": "skip malformed records (counted) instead of failing"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+_ANSWER_IS = re.compile(r"the answer is", re.IGNORECASE)
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+# Non-word characters (punctuation, quotes, brackets, whitespace) at either end; a leading minus sign
+# of a number stays.
+_EDGES = re.compile(r"^(?:(?!-\d)[\W_])+|[\W_]+$")
+
+
+def extract_answer(text: str) -> str:
+    """The final answer of a (chain-of-thought) response: what follows the last "the answer is" on its
+    line, else the last non-empty line."""
+    matches = list(_ANSWER_IS.finditer(text))
+    if matches:
+        tail = text[matches[-1].end():].split("\n", 1)[0]
+        return tail.strip().strip(":").strip().removesuffix(".").strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, whitespace collapsed, thousands separators removed, surrounding punctuation, quotes and
+    brackets stripped: "(A)" -> "a", " 1,000. " -> "1000". Articles stay (a choice letter may be "a");
+    an answer made only of punctuation (a bracket sequence) is kept rather than erased."""
+    text = _THOUSANDS.sub("", " ".join(text.lower().split()))
+    return _EDGES.sub("", text) or text
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Example:
+    """One test example and, as evaluation proceeds, its results."""
+
+    ref: ExampleRef
+    reference: str  # the record's last assistant message
+    choices: list[str] | None  # None: judged by generation
+    target: int | None = None  # index of the correct choice
+    prompted: bool = True  # whether a message precedes the answer: generation needs a prompt
+    status: str = "ok"
+    loss: float | None = None
+    kind: str | None = None
+    prediction: str | None = None
+    correct: bool | None = None
+
+    def row(self) -> dict:
+        r = self.ref
+        return {"file": r.file, "line": r.line, "id": r.id, "subtask": r.subtask, "status": self.status,
+                "label_tokens": r.label_tokens, "loss": self.loss, "kind": self.kind, "prediction": self.prediction,
+                "reference": self.reference, "correct": self.correct}
+
+
+def _last_assistant(messages: list[dict]) -> int:
+    return max(k for k, m in enumerate(messages) if m["role"] == "assistant")
+
+
+def _with_answer(messages: list[dict], answer: str) -> list[dict]:
+    """The conversation with ``answer`` in place of its last assistant message."""
+    last = _last_assistant(messages)
+    return [*messages[:last], {"role": "assistant", "content": answer}, *messages[last + 1:]]
+
+
+def _read_example(ref: ExampleRef) -> _Example:
+    """The example's reference answer and choices; ValueError when no choice is that answer."""
+    record = json.loads(read_record_bytes(ref))
+    messages = to_messages(record)
+    last = _last_assistant(messages)
+    reference = messages[last]["content"]
+    choices = record.get("choices")
+    if choices is None:
+        return _Example(ref, reference, None, prompted=last > 0)
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise ValueError("'choices' must be a non-empty list of non-empty strings")
+    matching = [k for k, c in enumerate(choices) if c.strip() == reference.strip()]
+    if not matching:
+        raise ValueError(f"no choice equals the answer {reference.strip()[:80]!r} (choices: {choices})")
+    return _Example(ref, choices[matching[0]], choices, matching[0])
+
+
+def _read_examples(config: EvaluateConfig, encoder: ChatEncoder):
+    refs, bad, files = index_examples(config.data, encoder, config.skip_bad_records)
+    examples = []
+    for ref in refs:
+        try:
+            examples.append(_read_example(ref))
+        except ValueError as e:
+            if not config.skip_bad_records:
+                raise DataError(ref.file, ref.line, str(e)) from None
+            bad.append(BadRecord(ref.file, ref.line, str(e)))
+    order = {f.path: k for k, f in enumerate(files)}
+    bad.sort(key=lambda b: (order[b.file], b.line))
+    for ex in examples:
+        if ex.ref.label_tokens == 0:
+            ex.status = "no_label_tokens"  # never scored nor judged: its answer was truncated away
+    return examples, bad, files
+
+
+# -- model -----------------------------------------------------------------------------------------
+
+def _load_adapter(base, adapter: Path, info: ModelInfo):
+    """``base`` with the peft adapter in ``adapter``, checked to be trained on this base model."""
+    from peft import PeftModel
+
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise ConfigError(f"adapter folder {adapter} does not exist")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (adapter / name).is_file():
+            raise ConfigError(f"adapter folder {adapter} has no {name} "
+                              "(expected a peft adapter, e.g. from `gradsift train`)")
+    try:
+        recorded = read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
+    except (ValueError, AttributeError) as e:
+        raise ConfigError(f"{adapter}/adapter_config.json is not a peft adapter config: {e}") from None
+    # The recorded base can be checked only when it is a model folder on this machine; the same path
+    # needs no hashing.
+    base_dir = Path(recorded) if recorded else None
+    if (base_dir is not None and (base_dir / "config.json").is_file()
+            and base_dir.resolve() != Path(info.path).resolve() and model_fingerprint(base_dir) != info.fingerprint):
+        raise ConfigError(f"adapter {adapter} was trained on {recorded}, not on model {info.name!r}")
+    try:
+        return PeftModel.from_pretrained(base, str(adapter))
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, RuntimeError, KeyError) as e:  # unknown target modules, tensor size mismatch
+        problem = str(e).strip().splitlines()[0]
+        raise ConfigError(f"adapter {adapter} does not fit model {info.name!r}: {problem}") from None
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+# -- measurement -----------------------------------------------------------------------------------
+
+def _score_batch(model, jobs, examples, encoder: ChatEncoder, pad_id: int, device) -> list[tuple[float, int] | None]:
+    """(mean loss, label tokens) of each (example, choice) job; choice None is the record itself.
+    None for a choice truncated at max_length (or left with no label token): it cannot be compared."""
+    messages = {i: read_messages(examples[i].ref) for i in {i for i, _ in jobs}}
+    encoded = [encoder.encode(messages[i] if c is None else _with_answer(messages[i], examples[i].choices[c]))
+               for i, c in jobs]
+    live = [k for k, ((ids, labels), (_, c)) in enumerate(zip(encoded, jobs))
+            if c is None or (len(ids) < encoder.max_length and label_count(labels))]
+    out: list[tuple[float, int] | None] = [None] * len(jobs)
+    if live:
+        batch = {n: t.to(device) for n, t in collate([encoded[k] for k in live], pad_id).items()}
+        for k, loss in zip(live, per_example_loss(model, batch).tolist()):
+            out[k] = (loss, label_count(encoded[k][1]))
+    return out
+
+
+def _generate_batch(model, tokenizer, refs: list[ExampleRef], eos: list[int], max_new_tokens: int,
+                    device) -> list[str]:
+    """Greedy continuations of each example's conversation up to its last assistant message."""
+    prompts = []
+    for messages in map(read_messages, refs):
+        prompts.append(tokenizer.apply_chat_template(messages[:_last_assistant(messages)], tokenize=False,
+                                                     add_generation_prompt=True))
+    # add_special_tokens=False: the template renders special tokens itself, as in ChatEncoder
+    enc = tokenizer(prompts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+    enc = enc.to(device)
+    out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                         max_new_tokens=max_new_tokens)
+    texts = []
+    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        end = next((k for k, t in enumerate(row) if t in eos), len(row))
+        texts.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+    return texts
+
+
+def _batches(jobs: list, size: int) -> list[list]:
+    return [jobs[k: k + size] for k in range(0, len(jobs), size)]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _results(examples: list[_Example]) -> dict:
+    return {"examples": len(examples),
+            "loss": _mean([e.loss for e in examples if e.loss is not None]),
+            "accuracy": _mean([float(e.correct) for e in examples if e.correct is not None])}
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+    """Measure loss and accuracy on ``config.data``, write summary.json and examples.jsonl, return the summary."""
+    from transformers import GenerationConfig
+
+    if config.batch_size < 1 or config.max_length < 2 or config.max_new_tokens < 0:
+        raise ConfigError("batch_size must be >= 1, max_length >= 2 and max_new_tokens >= 0")
+    device = pick_device(config.device)
+    base, tokenizer, info = load_model(config.model, device)
+    eos = _eos_ids(base, tokenizer)
+    # Plain greedy decoding: the model's own generation defaults (sampling, penalties) do not apply.
+    base.generation_config = GenerationConfig(do_sample=False, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+    model = _load_adapter(base, config.adapter, info) if config.adapter is not None else base  # in eval mode
+    encoder = ChatEncoder(tokenizer, config.max_length)
+    examples, bad, files = _read_examples(config, encoder)
+
+    usable = [i for i, e in enumerate(examples) if e.status == "ok"]
+    # Variants of one example stay together; sorting by length keeps padding small.
+    score_jobs = [(i, c) for i in usable for c in [None, *range(len(examples[i].choices or []))]]
+    score_jobs.sort(key=lambda job: examples[job[0]].ref.tokens)
+    generate_jobs = [i for i in usable
+                     if examples[i].choices is None and examples[i].prompted and config.max_new_tokens]
+    generate_jobs.sort(key=lambda i: examples[i].ref.tokens)
+    batches = _batches(score_jobs, config.batch_size), _batches(generate_jobs, config.batch_size)
+    bar = tqdm(total=len(batches[0]) + len(batches[1]), desc="evaluate", unit="batch")
+
+    scores: dict[int, list[float | None]] = {i: [None] * len(examples[i].choices or []) for i in usable}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with torch.inference_mode(), autocast:
+        for jobs in batches[0]:
+            results = _score_batch(model, jobs, examples, encoder, tokenizer.pad_token_id, device)
+            for (i, c), result in zip(jobs, results):
+                if c is None:
+                    examples[i].loss = result[0]
+                elif result is not None:
+                    # summed log-likelihood of the label tokens; in a multi-turn record the earlier
+                    # assistant turns add the same amount to every choice
+                    scores[i][c] = -result[0] * result[1]
+            bar.update()
+        for members in batches[1]:
+            texts = _generate_batch(model, tokenizer, [examples[i].ref for i in members], eos,
+                                    config.max_new_tokens, device)
+            for i, text in zip(members, texts):
+                ex = examples[i]
+                ex.kind, ex.prediction = "generate", text
+                ex.correct = normalize_answer(extract_answer(text)) == normalize_answer(extract_answer(ex.reference))
+            bar.update()
+    bar.close()
+
+    for i in usable:
+        ex = examples[i]
+        if ex.choices is None:
+            continue
+        ex.kind = "choice"
+        if None in scores[i]:
+            ex.status = "choices_truncated"  # the choices would be compared on what truncation left of them
+            continue
+        best = max(range(len(ex.choices)), key=scores[i].__getitem__)  # ties: the first choice
+        ex.prediction, ex.correct = ex.choices[best], best == ex.target
+
+    statuses = [e.status for e in examples]
+    subtasks = dict.fromkeys(e.ref.subtask for e in examples)
+    summary = {
+        **_results(examples),
+        "scored": sum(e.loss is not None for e in examples),
+        "accuracy_examples": sum(e.correct is not None for e in examples),
+        "skipped": {"no_label_tokens": statuses.count("no_label_tokens"), "bad_records": len(bad),
+                    "choices_truncated": statuses.count("choices_truncated")},
+        "by_subtask": {s: _results([e for e in examples if e.ref.subtask == s]) for s in subtasks},
+        "model": config.model,
+        "adapter": str(config.adapter) if config.adapter is not None else None,
+        "data": [f.path for f in files],
+        "max_length": config.max_length,
+        "max_new_tokens": config.max_new_tokens,
+        "bad_records": [asdict(b) for b in bad],
+    }
+    output = Path(config.output)
+    atomic_write_bytes(output / "examples.jsonl",
+                       b"".join(json.dumps(e.row(), ensure_ascii=False).encode() + b"\n" for e in examples))
+    atomic_write_json(output / "summary.json", summary)
+    return summary

@@ -1,0 +1,413 @@
+"""``gradsift experiment CONFIG --output DIR``: does a selection help? For every target, method, fraction
+and seed: select, train on the selection, evaluate on the target's held-out test set.
+
+It composes the stages' Python API and shares what can be shared: one warmup, one gradient store per
+dataset and build setting, one selection per (method, fraction) for all targets at once (and per seed
+for random), and one training run per distinct (model, selected records, settings, seed), so a random
+or full selection trains once whatever the number of targets. Every stage skips what is finished, so
+a re-run resumes the grid; results are rewritten after every cell.
+
+Config (YAML; paths relative to the file, globs allowed)::
+
+    model: smollm2-135m                  # the selector model: warmup, stores, rds, and the model trained
+    pool: [benchmark/pool/*.jsonl]
+    targets:
+      boolean: {fewshot: [benchmark/targets/boolean/fewshot.jsonl], test: [benchmark/targets/boolean/test.jsonl]}
+    relevance: benchmark/relevance.json  # optional {target: [relevant pool ids]}: precision and recall
+    methods: [less, {method: less, label: less-d1024, build: {dim: 1024}}, bm25, rds, random, full]
+    fractions: [0.05]
+    seeds: [0, 1, 2]
+    warmup: {fraction: 0.05, epochs: 2, lora_r: 8}     # WarmupConfig fields
+    build: {batch_size: 16}                            # BuildConfig fields shared by every less method
+    select: {aggregate: subtask-mean-max}              # SelectConfig fields shared by every method
+    train: {epochs: 2, lora_r: 8, learning_rate: 2e-4} # TrainConfig fields
+    evaluate: {max_new_tokens: 16}                     # EvaluateConfig fields
+    transfer:                                          # train another model on some methods' selections
+      - {model: gemma3-270m, methods: [less, random], train: {micro_batch_size: 4}}
+
+DIR gets ``results.csv`` (one row per cell), ``results.md`` (mean ± spread over seeds, best loss per
+target and model in bold), ``results.png`` (bar chart), ``experiment.json`` (the config it ran), and
+the stages' folders: ``run/``, ``stores/``, ``selections/``, ``train/``, ``eval/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from .build import BuildConfig, build
+from .errors import ConfigError
+from .evaluate import EvaluateConfig, evaluate
+from .files import atomic_write_bytes, atomic_write_json, read_json
+from .methods import Pool, Target
+from .pipeline import stage_config
+from .select import SelectConfig, load_inputs, make_method, run_selection
+from .train import TrainConfig, train
+from .warmup import WarmupConfig, warmup
+
+RESULT_COLUMNS = ["target", "method", "model", "fraction", "seed", "selected", "loss", "accuracy", "precision",
+                  "recall", "selection", "evaluation"]
+SEEDLESS = ("less", "bm25", "rds", "full")  # methods whose selection does not depend on the seed
+
+
+@dataclass
+class MethodSpec:
+    method: str
+    label: str
+    build: dict = field(default_factory=dict)  # less: BuildConfig fields (dim, projection, ...)
+    select: dict = field(default_factory=dict)  # SelectConfig fields for this method only
+
+
+@dataclass
+class TargetSpec:
+    name: str
+    fewshot: list[Path]
+    test: list[Path]
+
+
+@dataclass
+class TransferSpec:
+    model: str
+    methods: list[str]  # method labels whose selections the model is trained on
+    train: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentConfig:
+    model: str
+    pool: list[Path]
+    targets: list[TargetSpec]
+    methods: list[MethodSpec]
+    fractions: list[float] = field(default_factory=lambda: [0.05])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    relevance: Path | None = None
+    warmup: dict = field(default_factory=dict)
+    build: dict = field(default_factory=dict)
+    select: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    evaluate: dict = field(default_factory=dict)
+    transfer: list[TransferSpec] = field(default_factory=list)
+
+
+def _files(base: Path, patterns, what: str) -> list[Path]:
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not isinstance(patterns, list) or not patterns:
+        raise ConfigError(f"{what}: expected a list of files")
+    out = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(base / pattern))) if glob.has_magic(str(pattern)) else [str(base / pattern)]
+        if not matches:
+            raise ConfigError(f"{what}: {pattern!r} matches no file")
+        out += [Path(m) for m in matches]
+    return out
+
+
+def load_experiment(path: Path) -> ExperimentConfig:
+    """Read an experiment YAML; relative paths resolve against its folder; unknown keys are errors."""
+    path = Path(path).resolve()  # runs and stores record absolute paths: resuming works from any folder
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    known = {f.name for f in ExperimentConfig.__dataclass_fields__.values()}
+    if set(raw) - known:
+        raise ConfigError(f"{path}: unknown keys {sorted(set(raw) - known)}; known: {sorted(known)}")
+    base = path.parent
+    try:
+        targets = [TargetSpec(name, _files(base, spec["fewshot"], f"targets.{name}.fewshot"),
+                              _files(base, spec["test"], f"targets.{name}.test"))
+                   for name, spec in (raw.get("targets") or {}).items()]
+        methods = []
+        for spec in raw.get("methods") or []:
+            spec = {"method": spec} if isinstance(spec, str) else dict(spec)
+            spec.setdefault("label", spec["method"])
+            methods.append(MethodSpec(**spec))
+        transfer = [TransferSpec(**t) for t in raw.get("transfer") or []]
+        model = raw["model"]
+        config = ExperimentConfig(**{
+            **raw, "model": str(base / model) if (base / model).exists() else model,
+            "pool": _files(base, raw["pool"], "pool"), "targets": targets, "methods": methods, "transfer": transfer,
+            "relevance": base / raw["relevance"] if raw.get("relevance") else None,
+        })
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
+    _check(config, path)
+    return config
+
+
+def _check(config: ExperimentConfig, path: Path) -> None:
+    labels = [m.label for m in config.methods]
+    if not config.targets or not config.methods:
+        raise ConfigError(f"{path}: needs at least one target and one method")
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{path}: method labels must be distinct, got {labels} (give each a label)")
+    if "base" in labels:
+        raise ConfigError(f"{path}: 'base' is the untrained model's row; choose another label")
+    for m in config.methods:
+        if m.method not in SEEDLESS + ("random",):
+            raise ConfigError(f"{path}: unknown method {m.method!r}")
+    for t in config.transfer:
+        unknown = set(t.methods) - set(labels)
+        if unknown:
+            raise ConfigError(f"{path}: transfer to {t.model} names methods not in the grid: {sorted(unknown)}")
+
+
+def _key(*parts) -> str:
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(text).name)
+
+
+class Experiment:
+    """One experiment folder: the stage folders under it and the way cells reuse them."""
+
+    def __init__(self, config: ExperimentConfig, output: Path):
+        self.config, self.out = config, Path(output).resolve()
+        self.relevance = {k: set(v) for k, v in read_json(config.relevance).items()} if config.relevance else {}
+
+    # -- selection -------------------------------------------------------------------------------
+    def _stores(self, spec: MethodSpec) -> tuple[Path, dict[str, Path]]:
+        """The warmup run, then the pool and target stores of a less method's build settings."""
+        c = self.config
+        run = self.out / "run"
+        warmup(stage_config(WarmupConfig, "warmup", {"train": c.pool, **c.warmup}, model=c.model, output=run))
+        settings = {**c.build, **spec.build}
+        folder = self.out / "stores" / f"{settings.get('projection', 'sparse')}-{settings.get('dim', 8192)}-{_key(settings)}"
+        pool = stage_config(BuildConfig, f"{spec.label}.build", settings, run=run, data=c.pool, output=folder / "pool")
+        build(pool)
+        targets = {}
+        for t in c.targets:
+            target = stage_config(BuildConfig, f"{spec.label}.build", {**settings, "gradient": "sgd"}, run=run,
+                                  data=t.fewshot, output=folder / "targets" / t.name)
+            build(target)
+            targets[t.name] = target.output
+        return pool.output, targets
+
+    def selections(self, spec: MethodSpec, fraction: float, seed: int) -> dict[str, Path]:
+        """Each target's selection folder for this method, fraction and seed; selected if not already."""
+        c = self.config
+        folder = self.out / "selections" / spec.label
+        folder = folder if spec.method == "full" else folder / f"{fraction:g}"
+        folder = folder / f"seed-{seed}" if spec.method == "random" else folder
+        paths = {t.name: folder / t.name for t in c.targets}
+        if all((p / "summary.json").exists() for p in paths.values()):
+            return paths
+        values = {**c.select, **spec.select, "method": spec.method, "fraction": fraction, "seed": seed}
+        if spec.method == "rds":
+            values.setdefault("model", c.model)
+        if spec.method == "less":
+            pool_store, target_stores = self._stores(spec)
+            values |= {"train_store": pool_store, "target_store": [target_stores[t.name] for t in c.targets]}
+        config = stage_config(SelectConfig, f"{spec.label}.select", values, output=folder)
+        method = make_method(config)
+        if spec.method == "less":
+            pool, targets = load_inputs(config)
+        else:
+            pool = Pool.from_files(c.pool, config.skip_bad_records)
+            targets = [Target.from_files(t.name, t.fewshot, config.skip_bad_records) for t in c.targets]
+        if len(targets) == 1:  # run_selection writes a lone target straight into its folder
+            run_selection(method, pool, targets, paths[targets[0].name], config.fraction, config.count)
+        else:
+            run_selection(method, pool, targets, folder, config.fraction, config.count)
+        return paths
+
+    # -- training and evaluation -----------------------------------------------------------------
+    def trained(self, model: str, selection: Path, seed: int, settings: dict) -> Path:
+        """The training run of ``model`` on a selection's records; one per distinct (model, records,
+        settings, seed), shared by every cell that selected the same records."""
+        records = (selection / "selected.jsonl").read_bytes()
+        key = _key(model, hashlib.sha256(records).hexdigest(), settings, seed)
+        folder = self.out / "train" / f"{_slug(model)}-{key}"
+        data = self.out / "train" / f"{folder.name}.jsonl"
+        if not data.exists():
+            atomic_write_bytes(data, records)
+        train(stage_config(TrainConfig, "train", {**settings, "seed": seed}, model=model, data=[data], output=folder))
+        return folder
+
+    def evaluated(self, target: TargetSpec, model: str, trained: Path | None, full: bool = False) -> tuple[Path, dict]:
+        """The evaluation on a target's test set of ``model``, plain or with a trained adapter (with
+        ``full``, the trained folder is the model)."""
+        name = trained.name if trained is not None else f"base-{_slug(model)}"
+        folder = self.out / "eval" / target.name / name
+        if (folder / "summary.json").exists():
+            return folder, read_json(folder / "summary.json")
+        settings = {"max_length": self.config.train.get("max_length", 1024), **self.config.evaluate}
+        model, adapter = (str(trained), None) if full else (model, trained)
+        config = stage_config(EvaluateConfig, "evaluate", settings, model=model, adapter=adapter, data=target.test,
+                              output=folder)
+        return folder, evaluate(config)
+
+    def relevance_of(self, target: str, selection: Path) -> tuple[float | None, float | None]:
+        relevant = self.relevance.get(target)
+        if not relevant:
+            return None, None
+        with open(selection / "scores.csv", newline="") as f:
+            picked = {row["id"] for row in csv.DictReader(f) if row["selected"] == "1"}
+        hits = len(picked & relevant)
+        return hits / len(picked), hits / len(relevant)
+
+    # -- the grid --------------------------------------------------------------------------------
+    def cells(self) -> list[dict]:
+        """Every (model, method, fraction, seed) job in the order it runs: seed by seed, so the first
+        complete seed gives a whole table early. A job covers all targets."""
+        c = self.config
+        models = [(c.model, {}, [m.label for m in c.methods])] + [(t.model, t.train, t.methods) for t in c.transfer]
+        jobs = [{"model": m, "method": "base", "seed": None, "fraction": 0.0, "train": {}} for m, _, _ in models]
+        for seed in c.seeds:
+            for model, train_overrides, labels in models:
+                for spec in c.methods:
+                    if spec.label not in labels:
+                        continue
+                    for fraction in ([1.0] if spec.method == "full" else c.fractions):
+                        jobs.append({"model": model, "method": spec.label, "seed": seed, "fraction": fraction,
+                                     "train": {**c.train, **train_overrides}})
+        return jobs
+
+    def run(self) -> list[dict]:
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "experiment.json", json.loads(json.dumps(asdict(c), default=str)))
+        specs = {m.label: m for m in c.methods}
+        rows: list[dict] = []
+        jobs = self.cells()
+        bar = tqdm(jobs, desc="experiment", unit="cell", position=0)
+        for job in bar:
+            bar.set_postfix_str(f"{job['method']} {Path(job['model']).name} seed {job['seed']}")
+            if job["method"] == "base":
+                for t in c.targets:
+                    folder, summary = self.evaluated(t, job["model"], None)
+                    rows.append(self._row(t.name, "base", job, None, folder, summary))
+            else:
+                spec = specs[job["method"]]
+                chosen = self.selections(spec, job["fraction"], job["seed"])
+                for t in c.targets:
+                    trained = self.trained(job["model"], chosen[t.name], job["seed"], job["train"])
+                    folder, summary = self.evaluated(t, job["model"], trained, job["train"].get("full", False))
+                    rows.append(self._row(t.name, spec.label, job, chosen[t.name], folder, summary))
+            write_results(self.out, rows)
+        return rows
+
+    def _row(self, target: str, label: str, job: dict, selection: Path | None, folder: Path, summary: dict) -> dict:
+        precision = recall = None
+        selected = 0
+        if selection is not None:
+            precision, recall = self.relevance_of(target, selection)
+            selected = read_json(selection / "summary.json")["selected"]
+        rel = lambda p: str(p.relative_to(self.out)) if p is not None else ""  # noqa: E731
+        return {"target": target, "method": label, "model": job["model"], "fraction": job["fraction"],
+                "seed": "" if job["seed"] is None else job["seed"], "selected": selected,
+                "loss": summary["loss"], "accuracy": summary["accuracy"], "precision": precision, "recall": recall,
+                "selection": rel(selection), "evaluation": rel(folder)}
+
+
+def run_experiment(config: ExperimentConfig, output: Path) -> list[dict]:
+    return Experiment(config, output).run()
+
+
+# -- results ------------------------------------------------------------------------------------
+def _number(value) -> str:
+    return "" if value is None or value == "" else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and sample std over seeds of each (target, model, method, fraction); std is 0 for one seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["model"], r["method"], float(r["fraction"])), []).append(r)
+    out = []
+    for (target, model, method, fraction), members in groups.items():
+        entry = {"target": target, "model": model, "method": method, "fraction": fraction, "seeds": len(members),
+                 "selected": members[0]["selected"]}
+        for metric in ("loss", "accuracy", "precision", "recall"):
+            values = [float(m[metric]) for m in members if m[metric] not in (None, "")]
+            entry[metric] = float(np.mean(values)) if values else None
+            entry[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)
+        out.append(entry)
+    return out
+
+
+def results_markdown(rows: list[dict]) -> str:
+    """One table per target: mean ± std over seeds; the lowest loss per (target, model) in bold."""
+    stats = summarize(rows)
+    lines = []
+    for target in dict.fromkeys(s["target"] for s in stats):
+        mine = [s for s in stats if s["target"] == target]
+        best = {}
+        for s in mine:
+            if s["method"] != "base" and s["loss"] is not None:
+                if s["model"] not in best or s["loss"] < best[s["model"]]:
+                    best[s["model"]] = s["loss"]
+        lines += [f"### {target}", "",
+                  "| model | method | fraction | selected | seeds | test loss | accuracy | precision | recall |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for s in mine:
+            cell = lambda m, d=3: "–" if s[m] is None else f"{s[m]:.{d}f} ± {s[m + '_std']:.{d}f}"  # noqa: E731
+            loss = cell("loss")
+            if s["loss"] is not None and best.get(s["model"]) == s["loss"] and s["method"] != "base":
+                loss = f"**{loss}**"
+            lines.append(f"| {Path(s['model']).name} | {s['method']} | {s['fraction']:g} | {s['selected']} | "
+                         f"{s['seeds']} | {loss} | {cell('accuracy')} | {cell('precision', 2)} | {cell('recall', 2)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def results_plot(rows: list[dict], path: Path) -> None:
+    """Test loss per method (mean ± std over seeds), one panel per target; the untrained model as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = summarize(rows)
+    targets = list(dict.fromkeys(s["target"] for s in stats))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        mine = [s for s in stats if s["target"] == target and s["loss"] is not None]
+        bars = [s for s in mine if s["method"] != "base"]
+        names = [f"{s['method']}" + ("" if s["model"] == bars[0]["model"] else f"\n{Path(s['model']).name}")
+                 + ("" if s["fraction"] in (1.0,) or len({b['fraction'] for b in bars}) == 1 else f" {s['fraction']:g}")
+                 for s in bars] if bars else []
+        ax.bar(range(len(bars)), [s["loss"] for s in bars], yerr=[s["loss_std"] for s in bars], capsize=3,
+               color=[f"C{k % 10}" for k in range(len(bars))])
+        for s in mine:
+            if s["method"] == "base":
+                ax.axhline(s["loss"], color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(bars)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(target)
+        ax.set_ylabel("test loss (lower is better)")
+        if bars:
+            low = min(s["loss"] - (s["loss_std"] or 0) for s in mine)
+            ax.set_ylim(bottom=max(0.0, low - 0.1 * abs(low)))
+    fig.suptitle("held-out test loss after training on each selection (dashed: untrained model)", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _number(r[k]) for k in RESULT_COLUMNS})
+    atomic_write_bytes(out / "results.csv", text.getvalue().encode())
+    atomic_write_bytes(out / "results.md", results_markdown(rows).encode())
+    if any(r["loss"] is not None and not (isinstance(r["loss"], float) and math.isnan(r["loss"])) for r in rows):
+        results_plot(rows, out / "results.png")

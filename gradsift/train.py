@@ -1,0 +1,68 @@
+"""Fine-tune a model on records (a selection's ``selected.jsonl``, or any pool file): LoRA by default,
+every weight with ``--full``; the same chat formatting, label masking and training loop as warmup
+(``gradsift.training``), seeded and resumable per epoch.
+
+OUTPUT holds the run (``run.json``, ``checkpoint-<step>/`` per epoch; only the last keeps its
+optimizer state) and, once training is complete, the final weights at its top level: a peft adapter
+(``adapter_config.json``, ``adapter_model.safetensors``) for ``gradsift evaluate --adapter OUTPUT``,
+or, with ``--full``, a model folder with its tokenizer for ``gradsift evaluate --model OUTPUT``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data import file_sha256
+from .errors import DataError
+from .training import Run, TrainingArguments, train_run
+
+FINAL_FILES = {False: ("adapter_config.json", "adapter_model.safetensors"), True: ("config.json", "model.safetensors")}
+
+
+@dataclass
+class TrainConfig(TrainingArguments):
+    model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
+    data: list[Path] = field(metadata={"help": "records files to train on (e.g. a selection's selected.jsonl)"})
+    output: Path = field(metadata={"help": "folder for the run and the final adapter (or model, with --full)"})
+    full: bool = field(default=False, metadata={"help": "fine-tune every weight instead of a LoRA adapter"})
+
+    def fingerprint(self) -> dict:
+        """A fine-tuning run is identified by the content it trains on, not by where that file lies:
+        moved records still resume, edited ones do not."""
+        missing = [p for p in self.data if not Path(p).is_file()]
+        if missing:
+            raise DataError(missing[0], 0, "no such data file")
+        return {**super().fingerprint(), "data": [file_sha256(p) for p in self.data]}
+
+
+def train(config: TrainConfig) -> Run:
+    """Train (or resume, or return if complete) and put the final weights at the top of OUTPUT."""
+    run = train_run(config, config.model, config.data, config.output, full=config.full, keep_optimizer_states=False)
+    _export_final(run)
+    return run
+
+
+def _export_final(run: Run) -> None:
+    """Copy the last checkpoint's weights (and, for a full model, the tokenizer) to the run folder's top,
+    atomically file by file: the adapter_model/model file, written last, says the export is whole."""
+    names = FINAL_FILES[run.full]
+    if (run.path / names[-1]).exists():
+        return
+    last = run.checkpoints[-1].path
+    files = [p for p in sorted(last.iterdir()) if p.name not in ("optimizer.safetensors", "state.json")]
+    if run.full:
+        from transformers import AutoTokenizer
+
+        tokenizer_dir = Path(tempfile.mkdtemp(dir=run.path, prefix=".tmp-tokenizer-"))
+        AutoTokenizer.from_pretrained(run.model.path).save_pretrained(tokenizer_dir)
+        files = list(sorted(tokenizer_dir.iterdir())) + files
+    for src in sorted(files, key=lambda p: p.name == names[-1]):
+        tmp = run.path / f".{src.name}.tmp"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, run.path / src.name)
+    if run.full:
+        shutil.rmtree(tokenizer_dir)

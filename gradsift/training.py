@@ -1,0 +1,295 @@
+"""The one training loop of gradsift, shared by ``warmup`` (LESS's step 1) and ``train`` (fine-tuning on
+a selection), and the run folder it writes.
+
+A run folder holds ``run.json`` (settings, model identity, the list of checkpoints) and one
+``checkpoint-<step>/`` per epoch with:
+
+- the weights being trained: ``adapter_model.safetensors`` + ``adapter_config.json`` (a LoRA adapter,
+  peft format) or, for full fine-tuning, ``model.safetensors`` + ``config.json``;
+- ``optimizer.safetensors``: Adam's ``exp_avg.<name>`` and ``exp_avg_sq.<name>`` for every trained
+  parameter, keyed by parameter name (readable with no particular launcher or FSDP);
+- ``state.json``: epoch, optimizer step count, betas, eps, and the mean learning rate of the epoch,
+  which later weighs the checkpoint in the scores.
+
+Training is seeded (sample, LoRA init, data order, dropout) and an interrupted run resumes from its
+last complete epoch to the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import uuid
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss
+from .errors import ConfigError
+from .features import AdamState
+from .files import atomic_write_json, read_json
+from .models import ModelInfo, load_model, pick_device
+
+RUN_FORMAT = 1
+
+
+@dataclass(kw_only=True)
+class TrainingArguments:
+    """The settings of the training loop; defaults are the LESS paper's (warmup and fine-tuning alike)."""
+
+    epochs: int = field(default=4, metadata={"help": "epochs; one checkpoint per epoch"})
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=512.0, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={"help": "modules given LoRA"}
+    )
+    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate (linear decay)"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear LR warmup"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    batch_size: int = field(default=128, metadata={"help": "examples per optimizer step"})
+    micro_batch_size: int = field(default=8, metadata={"help": "examples per forward/backward pass"})
+    max_length: int = field(default=2048, metadata={"help": "truncate examples to this many tokens"})
+    seed: int = field(default=0, metadata={"help": "seed for the sample, the LoRA init, the data order and dropout"})
+    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+
+    def fingerprint(self) -> dict:
+        """The settings that must agree for a resumed run to continue this one."""
+        d = {k: ([str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
+             for k, v in asdict(self).items()}
+        for volatile in ("output", "device", "micro_batch_size"):
+            d.pop(volatile, None)
+        return d
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    epoch: int
+    step: int  # optimizer steps taken when saved
+    lr: float  # mean learning rate over the epoch: the checkpoint's weight in scores
+    betas: tuple[float, float]
+    eps: float
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return load_file(self.path / "adapter_model.safetensors")
+
+    def adam_state(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """exp_avg and exp_avg_sq flattened in the order of ``names``."""
+        if not (self.path / "optimizer.safetensors").exists():
+            raise ConfigError(f"{self.path} has no optimizer.safetensors (a fine-tuning run keeps only its last)")
+        state = load_file(self.path / "optimizer.safetensors")
+        missing = [n for n in names if f"exp_avg.{n}" not in state]
+        if missing:
+            raise ConfigError(f"{self.path}/optimizer.safetensors has no Adam state for {missing[:3]} ...")
+        flat = lambda key: torch.cat([state[f"{key}.{n}"].flatten().float() for n in names])  # noqa: E731
+        return flat("exp_avg"), flat("exp_avg_sq")
+
+    def adam(self, names: list[str], device: torch.device | str = "cpu") -> AdamState:
+        """The moments with this checkpoint's step, betas and eps: what Adam features need."""
+        m, v = self.adam_state(names)
+        return AdamState(m.to(device), v.to(device), self.step, self.betas, self.eps)
+
+
+@dataclass
+class Run:
+    path: Path
+    id: str
+    model: ModelInfo
+    config: dict
+    checkpoints: list[Checkpoint]
+    complete: bool
+
+    @classmethod
+    def open(cls, path: Path) -> "Run":
+        path = Path(path)
+        if not (path / "run.json").exists():
+            raise ConfigError(f"{path} is not a warmup run (no run.json); create one with `gradsift warmup`")
+        meta = read_json(path / "run.json")
+        checkpoints = [
+            Checkpoint(path / c["name"], c["epoch"], c["step"], c["lr"], tuple(c["betas"]), c["eps"])
+            for c in meta["checkpoints"]
+        ]
+        return cls(path, meta["id"], ModelInfo(**meta["model"]), meta["config"], checkpoints, meta["complete"])
+
+    @property
+    def full(self) -> bool:
+        """Whether every weight was trained (no LoRA)."""
+        return bool(self.config.get("full", False))
+
+    def save(self) -> None:
+        atomic_write_json(self.path / "run.json", {
+            "format": RUN_FORMAT,
+            "id": self.id,
+            "model": asdict(self.model),
+            "config": self.config,
+            "complete": self.complete,
+            "checkpoints": [
+                {"name": c.path.name, "epoch": c.epoch, "step": c.step, "lr": c.lr, "betas": list(c.betas), "eps": c.eps}
+                for c in self.checkpoints
+            ],
+        })
+
+    def load_model(self, device: torch.device, dtype: torch.dtype = torch.float32):
+        """(peft model with the first checkpoint's adapter, tokenizer), checked to be the run's base model."""
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        if self.full:
+            raise ConfigError(f"{self.path} is a full fine-tuning run: gradient features need a LoRA run")
+        base, tokenizer, info = load_model(self.model.name, device, dtype)
+        if info.fingerprint != self.model.fingerprint:
+            raise ConfigError(f"model {self.model.name!r} is not the one run {self.path} was trained from")
+        model = get_peft_model(base, lora_config(self.config))
+        set_peft_model_state_dict(model, self.checkpoints[0].adapter_state())
+        return model, tokenizer
+
+
+def lora_config(settings: dict):
+    """peft's LoraConfig from a run's settings (``TrainingArguments.fingerprint()``)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings["lora_r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
+                      target_modules=list(settings["lora_targets"]), task_type="CAUSAL_LM")
+
+
+def lora_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """The trainable parameters in model order (the LoRA factors, unless fine-tuning fully): the order
+    of every flattened gradient and of the optimizer state."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _save_checkpoint(run: Run, model, optimizer, epoch: int, step: int, lr: float) -> Checkpoint:
+    params = lora_parameters(model)
+    group = optimizer.param_groups[0]
+    state = {}
+    for name, p in params:
+        s = optimizer.state[p]
+        state[f"exp_avg.{name}"] = s["exp_avg"].detach().float().cpu().contiguous()
+        state[f"exp_avg_sq.{name}"] = s["exp_avg_sq"].detach().float().cpu().contiguous()
+    adam_steps = {int(optimizer.state[p]["step"]) for _, p in params}
+    assert adam_steps == {step}, f"Adam step counts {adam_steps} differ from the run's {step}"
+    final = run.path / f"checkpoint-{step}"
+    tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".tmp-checkpoint-"))
+    model.save_pretrained(tmp)
+    save_file(state, tmp / "optimizer.safetensors")
+    betas, eps = tuple(group["betas"]), group["eps"]
+    atomic_write_json(tmp / "state.json", {"epoch": epoch, "step": step, "lr": lr, "betas": list(betas), "eps": eps,
+                                           "weight_decay": group["weight_decay"]})
+    if final.exists():  # a leftover of an interrupted save that never reached run.json
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return Checkpoint(final, epoch, step, lr, betas, eps)
+
+
+def _restore(model, optimizer, checkpoint: Checkpoint, full: bool) -> None:
+    if full:  # save_pretrained drops tied copies (lm_head = embeddings): those stay tied
+        model.load_state_dict(load_file(checkpoint.path / "model.safetensors"), strict=False)
+    else:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, checkpoint.adapter_state())
+    params = lora_parameters(model)
+    m, v = checkpoint.adam_state([n for n, _ in params])
+    offset = 0
+    for _, p in params:
+        n = p.numel()
+        optimizer.state[p] = {
+            "step": torch.tensor(float(checkpoint.step)),
+            "exp_avg": m[offset: offset + n].view_as(p).to(p.device, p.dtype).clone(),
+            "exp_avg_sq": v[offset: offset + n].view_as(p).to(p.device, p.dtype).clone(),
+        }
+        offset += n
+
+
+def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], output: Path, *,
+              fraction: float = 1.0, full: bool = False, keep_optimizer_states: bool = True) -> Run:
+    """Train on a seeded ``fraction`` of the usable examples of ``data`` (LoRA, or every weight if
+    ``full``), one checkpoint per epoch; resume or return an existing run of the same settings.
+    Without ``keep_optimizer_states`` only the last checkpoint keeps its optimizer state (enough to
+    resume; gradient features need them all)."""
+    from peft import get_peft_model
+    from transformers import get_linear_schedule_with_warmup
+
+    output = Path(output)
+    fingerprint = settings.fingerprint()
+    existing = Run.open(output) if (output / "run.json").exists() else None
+    if existing is not None:
+        if existing.config != fingerprint:
+            diff = {k for k in fingerprint.keys() | existing.config.keys() if existing.config.get(k) != fingerprint.get(k)}
+            raise ConfigError(f"{output} holds a run with other settings ({sorted(diff)}); choose another --output")
+        if existing.complete:
+            return existing
+
+    device = pick_device(settings.device)
+    base, tokenizer, info = load_model(model_spec, device)
+    if existing is not None and existing.model.fingerprint != info.fingerprint:
+        raise ConfigError(f"{output} was trained from another model ({existing.model.name})")
+    encoder = ChatEncoder(tokenizer, settings.max_length)
+    examples, bad, _ = index_examples(data, encoder, settings.skip_bad_records)
+    usable = [e for e in examples if e.label_tokens > 0]
+    if bad or len(usable) < len(examples):
+        print(f"train: skipped {len(bad)} malformed records and {len(examples) - len(usable)} without label tokens")
+    if not usable:
+        raise ConfigError(f"no usable training examples in {[str(p) for p in data]}")
+    rng = np.random.default_rng(settings.seed)
+    size = max(1, round(fraction * len(usable)))
+    sample = [usable[i] for i in sorted(rng.choice(len(usable), size=size, replace=False))]
+    encoded = encode_refs(sample, encoder)
+
+    torch.manual_seed(settings.seed)  # LoRA's initial A: the same run from the same config
+    if full:
+        model = base.requires_grad_(True)
+    else:
+        model = get_peft_model(base, lora_config(fingerprint))
+    params = [p for _, p in lora_parameters(model)]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(encoded) / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * total), total)
+
+    run = existing or Run(output, uuid.uuid4().hex, info, fingerprint, [], False)
+    output.mkdir(parents=True, exist_ok=True)
+    if run.checkpoints:
+        _restore(model, optimizer, run.checkpoints[-1], full)
+        with warnings.catch_warnings():  # fast-forwarding the schedule is not a skipped optimizer step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(run.checkpoints[-1].step):
+                scheduler.step()
+    run.save()
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model.train()
+    for epoch in range(len(run.checkpoints) + 1, settings.epochs + 1):
+        torch.manual_seed(settings.seed * 1000 + epoch)  # dropout: the same whether or not the run resumed
+        order = np.random.default_rng([settings.seed, epoch]).permutation(len(encoded))
+        lrs = []
+        bar = tqdm(range(steps_per_epoch), desc=f"{output.name} epoch {epoch}/{settings.epochs}", unit="step")
+        for step in bar:
+            chosen = order[step * settings.batch_size: (step + 1) * settings.batch_size]
+            lrs.append(scheduler.get_last_lr()[0])
+            total_loss = 0.0
+            for k in range(0, len(chosen), settings.micro_batch_size):
+                batch = collate([encoded[i] for i in chosen[k: k + settings.micro_batch_size]], tokenizer.pad_token_id)
+                with autocast:
+                    loss = per_example_loss(model, {n: t.to(device) for n, t in batch.items()}).sum() / len(chosen)
+                loss.backward()
+                total_loss += loss.item()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lrs[-1]:.2e}")
+        step_count = epoch * steps_per_epoch
+        run.checkpoints.append(_save_checkpoint(run, model, optimizer, epoch, step_count, float(np.mean(lrs))))
+        run.save()
+        if not keep_optimizer_states and len(run.checkpoints) > 1:
+            (run.checkpoints[-2].path / "optimizer.safetensors").unlink(missing_ok=True)
+    run.complete = True
+    run.save()
+    return run

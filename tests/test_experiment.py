@@ -1,0 +1,165 @@
+"""The experiment runner on a tiny model: every method trained and evaluated, cells shared and resumed,
+relevance precision and recall against the labels, and the results files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+
+import pytest
+import yaml
+from conftest import WORDS, write_jsonl
+
+from gradsift.cli import main
+from gradsift.experiment import load_experiment, results_markdown, run_experiment, summarize
+from gradsift.errors import ConfigError
+
+SKILL = "translate french hello world yes no".split()
+OTHER = [w for w in WORDS if w not in SKILL]
+
+
+def chat(rng, words, rid, **extra) -> dict:
+    say = lambda lo, hi: " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))  # noqa: E731
+    return {"id": rid, "messages": [{"role": "user", "content": say(3, 10)},
+                                    {"role": "assistant", "content": say(2, 6)}], **extra}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, tiny_model_dir):
+    """A pool of 40 records, 6 of them relevant to target 'skill'; two targets with few-shot and test files."""
+    root = tmp_path_factory.mktemp("experiment")
+    rng = random.Random(3)
+    relevant = [chat(rng, SKILL, f"rel{k}", source="skillful") for k in range(6)]
+    other = [chat(rng, OTHER, f"oth{k}", source="general") for k in range(34)]
+    write_jsonl(root / "pool" / "a.jsonl", relevant[:3] + other[:17])
+    write_jsonl(root / "pool" / "b.jsonl", relevant[3:] + other[17:])
+    for name, words in (("skill", SKILL), ("other", OTHER)):
+        write_jsonl(root / name / "fewshot.jsonl", [chat(rng, words, f"{name}-f{k}", subtask=f"s{k % 2}") for k in range(4)])
+        write_jsonl(root / name / "test.jsonl", [chat(rng, words, f"{name}-t{k}") for k in range(5)])
+    (root / "relevance.json").write_text(json.dumps({"skill": [r["id"] for r in relevant], "other": []}))
+    config = {
+        "model": str(tiny_model_dir),
+        "pool": ["pool/*.jsonl"],
+        "targets": {n: {"fewshot": [f"{n}/fewshot.jsonl"], "test": [f"{n}/test.jsonl"]} for n in ("skill", "other")},
+        "relevance": "relevance.json",
+        "methods": ["random", "bm25", "full", {"method": "less", "label": "less-d256", "build": {"dim": 256}}, "rds"],
+        "fractions": [0.1],
+        "seeds": [0, 1],
+        "warmup": {"fraction": 0.5, "epochs": 1, "lora_r": 4, "lora_alpha": 8, "learning_rate": 1e-2,
+                   "batch_size": 4, "max_length": 64, "device": "cpu"},
+        "build": {"batch_size": 8, "device": "cpu"},
+        "select": {"device": "cpu"},
+        "train": {"epochs": 1, "lora_r": 4, "lora_alpha": 8, "learning_rate": 1e-2, "batch_size": 4, "warmup_ratio": 0.0,
+                  "max_length": 64, "device": "cpu"},
+        "evaluate": {"max_new_tokens": 0, "device": "cpu"},
+        "transfer": [{"model": str(tiny_model_dir), "methods": ["random"], "train": {"lora_r": 2}}],
+    }
+    path = root / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return root, path
+
+
+@pytest.fixture(scope="module")
+def finished(bench):
+    root, path = bench
+    out = root / "out"
+    assert main(["experiment", str(path), "--output", str(out)]) == 0
+    return out, list(csv.DictReader(open(out / "results.csv")))
+
+
+def test_every_cell_has_a_row(finished):
+    out, rows = finished
+    methods = {"base", "random", "bm25", "full", "less-d256", "rds"}
+    assert {r["method"] for r in rows} == methods
+    # 2 targets x (base x 2 models + 4 seeded methods x 2 seeds + full x 2 seeds + transfer random x 2 seeds)
+    assert len(rows) == 2 * (2 + 2 * 4 + 2 + 2)
+    assert all(float(r["loss"]) > 0 for r in rows)
+    assert all(r["accuracy"] == "" for r in rows)  # no choices, no generation
+    full = [r for r in rows if r["method"] == "full"]
+    assert {r["selected"] for r in full} == {"40"} and {r["fraction"] for r in full} == {"1"}
+
+
+def test_training_changes_the_loss_and_identical_selections_train_once(finished):
+    out, rows = finished
+    base = {r["target"]: float(r["loss"]) for r in rows if r["method"] == "base" and r["model"] == rows[0]["model"]}
+    trained = [r for r in rows if r["method"] == "bm25"]
+    assert all(float(r["loss"]) != base[r["target"]] for r in trained)
+    # random selections do not depend on the target and full is the whole pool: one training run per
+    # (model, records, settings, seed), however many targets share it
+    runs = [p for p in (out / "train").iterdir() if p.is_dir()]
+    random_rows = {(r["target"], r["seed"], r["model"]): r for r in rows if r["method"] == "random"}
+    skill, other = random_rows[("skill", "0", rows[0]["model"])], random_rows[("other", "0", rows[0]["model"])]
+    assert skill["loss"] != "" and (out / skill["evaluation"]).name == (out / other["evaluation"]).name
+    # seeds x (random, bm25, full, less, rds) per target for the deterministic ones, shared for random/full,
+    # plus the transfer model's random runs
+    assert len(runs) <= 2 * (1 + 1 + 2 * 3) + 2
+
+
+def test_precision_and_recall_follow_the_labels(finished, bench):
+    out, rows = finished
+    root, _ = bench
+    relevant = set(json.loads((root / "relevance.json").read_text())["skill"])
+    for r in rows:
+        if r["target"] != "skill" or r["method"] == "base":
+            continue
+        picked = {s["id"] for s in csv.DictReader(open(out / r["selection"] / "scores.csv")) if s["selected"] == "1"}
+        assert float(r["precision"]) == pytest.approx(len(picked & relevant) / len(picked), rel=1e-5)
+        assert float(r["recall"]) == pytest.approx(len(picked & relevant) / len(relevant), rel=1e-5)
+    bm25 = [r for r in rows if r["target"] == "skill" and r["method"] == "bm25"]
+    assert float(bm25[0]["precision"]) == 1.0  # the skill's own words: BM25 finds them
+
+
+def test_results_files(finished):
+    out, rows = finished
+    md = (out / "results.md").read_text()
+    assert "### skill" in md and "### other" in md and md.count("**") >= 4  # a best row per target and model
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stats = summarize(rows)
+    bm25 = next(s for s in stats if s["target"] == "skill" and s["method"] == "bm25")
+    losses = [float(r["loss"]) for r in rows if r["target"] == "skill" and r["method"] == "bm25"]
+    assert bm25["seeds"] == 2 and bm25["loss"] == pytest.approx(sum(losses) / 2)
+    assert results_markdown(rows) == md
+
+
+def test_rerun_skips_finished_cells(finished, bench):
+    out, rows = finished
+    _, path = bench
+    marks = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    again = run_experiment(load_experiment(path), out)
+    assert len(again) == len(rows)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == marks
+
+
+def test_an_unfinished_cell_is_redone(finished, bench, tmp_path):
+    out, rows = finished
+    _, path = bench
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    victim = next(p for p in (copy / "eval" / "skill").iterdir() if p.name.startswith("base"))
+    shutil.rmtree(victim)
+    again = run_experiment(load_experiment(path), copy)
+    redone = [r for r in again if r["evaluation"] == str(victim.relative_to(copy))]
+    original = [r for r in rows if r["evaluation"] == str(victim.relative_to(copy))]
+    assert redone and float(redone[0]["loss"]) == pytest.approx(float(original[0]["loss"]), rel=1e-5)
+
+
+def test_config_errors_name_the_problem(bench, tmp_path):
+    root, path = bench
+    raw = yaml.safe_load(path.read_text())
+    for change, message in [({"methodz": []}, "unknown keys"), ({"methods": ["random", "random"]}, "distinct"),
+                            ({"methods": ["magic"]}, "unknown method"), ({"pool": ["nothing/*.jsonl"]}, "matches no file"),
+                            ({"transfer": [{"model": "x", "methods": ["bm25x"]}]}, "not in the grid")]:
+        bad = root / "bad.yaml"
+        bad.write_text(yaml.safe_dump({**raw, **change}))
+        with pytest.raises(ConfigError, match=message):
+            load_experiment(bad)
+
+
+def test_report_of_the_experiment(finished):
+    out, _ = finished
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "skill" in html and "bm25" in html and html.count("data:image/png;base64,") >= 2
+    assert (out / "report.html").stat().st_mode & 0o044  # readable by others, like any new file

@@ -1,0 +1,101 @@
+"""gradsift train: the shared training loop on records, LoRA or full, resumable, exported for evaluate."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import chat_records, write_jsonl
+from safetensors.torch import load_file
+
+import gradsift.training as training
+from gradsift.cli import main
+from gradsift.errors import DataError
+from gradsift.evaluate import EvaluateConfig, evaluate
+from gradsift.train import TrainConfig, train
+from gradsift.training import Run
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    rng = random.Random(2)
+    return write_jsonl(root / "train.jsonl", chat_records(rng, 12, "t")), write_jsonl(root / "test.jsonl", chat_records(rng, 6, "x"))
+
+
+def config(model_dir, data, output, **overrides) -> TrainConfig:
+    settings = dict(model=str(model_dir), data=[data], output=output, epochs=2, lora_r=4, lora_alpha=8.0,
+                    lora_dropout=0.0, learning_rate=1e-2, warmup_ratio=0.0, batch_size=4, micro_batch_size=2,
+                    max_length=64, seed=1, device="cpu")
+    return TrainConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, records, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora") / "trained"
+    assert main(["train", "--model", str(tiny_model_dir), "--data", str(records[0]), "--output", str(out),
+                 "--epochs", "2", "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0", "--learning-rate", "1e-2",
+                 "--warmup-ratio", "0", "--batch-size", "4", "--micro-batch-size", "2", "--max-length", "64",
+                 "--seed", "1", "--device", "cpu"]) == 0
+    return Run.open(out)
+
+
+def test_output_holds_the_final_adapter_and_only_the_last_optimizer_state(lora_run):
+    assert lora_run.complete and [c.step for c in lora_run.checkpoints] == [3, 6]
+    final = load_file(lora_run.path / "adapter_model.safetensors")
+    last = lora_run.checkpoints[-1].adapter_state()
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
+    assert (lora_run.path / "adapter_config.json").is_file()
+    assert not (lora_run.checkpoints[0].path / "optimizer.safetensors").exists()
+    assert (lora_run.checkpoints[-1].path / "optimizer.safetensors").exists()
+
+
+def test_training_lowers_the_loss_on_its_own_records(lora_run, tiny_model_dir, records, tmp_path):
+    base = evaluate(EvaluateConfig(model=str(tiny_model_dir), data=[records[0]], output=tmp_path / "base",
+                                   max_new_tokens=0, device="cpu"))
+    tuned = evaluate(EvaluateConfig(model=str(tiny_model_dir), adapter=lora_run.path, data=[records[0]],
+                                    output=tmp_path / "tuned", max_new_tokens=0, device="cpu"))
+    assert tuned["loss"] < base["loss"] - 0.1
+
+
+def test_interrupted_training_resumes_to_the_uninterrupted_result(lora_run, tiny_model_dir, records, tmp_path, monkeypatch):
+    real_save = training._save_checkpoint
+    calls = []
+
+    def crash_on_second_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed during epoch 2's save")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_save_checkpoint", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_model_dir, records[0], tmp_path / "run"))
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()  # no final weights from a partial run
+    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    resumed = train(config(tiny_model_dir, records[0], tmp_path / "run"))
+    a, b = load_file(resumed.path / "adapter_model.safetensors"), load_file(lora_run.path / "adapter_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_moved_records_resume_and_a_missing_file_is_a_clear_error(lora_run, tiny_model_dir, records, tmp_path):
+    moved = tmp_path / "moved.jsonl"
+    moved.write_bytes(records[0].read_bytes())
+    assert train(config(tiny_model_dir, moved, lora_run.path)).id == lora_run.id  # same content: the same run
+    with pytest.raises(DataError, match="no such data file"):
+        train(config(tiny_model_dir, tmp_path / "absent.jsonl", tmp_path / "x"))
+
+
+def test_full_fine_tuning_exports_a_model_folder(tiny_model_dir, records, tmp_path):
+    run = train(config(tiny_model_dir, records[0], tmp_path / "full", full=True, epochs=1, learning_rate=1e-3))
+    assert run.full and (run.path / "model.safetensors").is_file() and (run.path / "tokenizer.json").is_file()
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(run.path / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in after if k in before)  # every weight trains
+    base = evaluate(EvaluateConfig(model=str(tiny_model_dir), data=[records[0]], output=tmp_path / "e0",
+                                   max_new_tokens=0, device="cpu"))
+    tuned = evaluate(EvaluateConfig(model=str(run.path), data=[records[0]], output=tmp_path / "e1",
+                                    max_new_tokens=0, device="cpu"))
+    assert tuned["loss"] < base["loss"]
