@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .data import ChatEncoder, collate, encode_refs, index_examples
 from .datastore import GradientStore
-from .errors import StoreMismatchError
+from .errors import ConfigError, StoreMismatchError
 from .features import AdamForm, AdamState, normalize_rows
 from .gradients import PerExampleGradients
 from .models import pick_device
@@ -71,8 +71,25 @@ def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, project
     }
 
 
+# Settings that may differ between stores built together from one gradient pass.
+PROJECTION_SETTINGS = ("projection", "dim", "seed", "output")
+
+
 def build(config: BuildConfig) -> GradientStore:
     """Build (or resume, or return if complete) the gradient store described by ``config``."""
+    return build_together([config])[0]
+
+
+def build_together(configs: list[BuildConfig]) -> list[GradientStore]:
+    """Build several stores of the same run, data and gradient kind that differ only in projection
+    (kind, dim, seed) from one pass of per-example gradients: the forward, backward and Adam
+    transform are shared, only the (cheap) projections are repeated. Each store resumes on its own."""
+    shared = [{k: v for k, v in asdict(c).items() if k not in PROJECTION_SETTINGS} for c in configs]
+    if any(s != shared[0] for s in shared):
+        raise ConfigError("stores built together must differ only in projection, dim and seed")
+    if len({Path(c.output).resolve() for c in configs}) != len(configs):
+        raise ConfigError("stores built together need distinct outputs")
+    config = configs[0]
     run = Run.open(config.run)
     if not run.complete:
         raise StoreMismatchError(f"warmup run {run.path} is not complete; finish it with `gradsift warmup`")
@@ -85,59 +102,71 @@ def build(config: BuildConfig) -> GradientStore:
     index, bad, files = index_examples(config.data, encoder, config.skip_bad_records)
 
     with PerExampleGradients(model) as grads:
-        projector = make_projector(config.projection, grads.shapes, config.dim, config.seed)
-        manifest = _manifest(config, run, grads, projector.describe(), max_length, files, bad, index)
-        store = _open_or_create(Path(config.output), manifest, index)
-        if store.complete:
-            return store
-        _report_skips(manifest)
-        done = store.committed()
-        bar = tqdm(total=len(index) * len(run.checkpoints), initial=sum(done.values()), unit="ex",
-                   desc=f"build {store.name} ({config.gradient})", smoothing=0.1)
+        projectors = [make_projector(c.projection, grads.shapes, c.dim, c.seed) for c in configs]
+        manifests = [_manifest(c, run, grads, p.describe(), max_length, files, bad, index)
+                     for c, p in zip(configs, projectors)]
+        stores = [_open_or_create(Path(c.output), m, index) for c, m in zip(configs, manifests)]
+        todo = [k for k, store in enumerate(stores) if not store.complete]
+        if not todo:
+            return stores
+        _report_skips(manifests[0])
+        done = {k: stores[k].committed() for k in todo}
+        names = " + ".join(stores[k].name for k in todo)
+        bar = tqdm(total=len(index) * len(run.checkpoints),
+                   initial=sum(min(done[k][c.path.name] for k in todo) for c in run.checkpoints), unit="ex",
+                   desc=f"build {names} ({config.gradient})", smoothing=0.1)
         from peft import set_peft_model_state_dict
 
         for checkpoint in run.checkpoints:
-            if done[checkpoint.path.name] == len(index):
+            name = checkpoint.path.name
+            first = min(done[k][name] for k in todo)
+            if first == len(index):
                 continue
             set_peft_model_state_dict(model, checkpoint.adapter_state())
             adam = checkpoint.adam(grads.names, device) if config.gradient == "adam" else None
-            for start in range(done[checkpoint.path.name], len(index), config.chunk_size):
+            for start in range(first, len(index), config.chunk_size):
                 refs = index[start: start + config.chunk_size]
-                rows = _chunk_features(refs, encoder, tokenizer.pad_token_id, grads, projector, adam, config, device)
-                store.write_rows(checkpoint.path.name, start, rows)
+                needing = [k for k in todo if done[k][name] <= start]  # rows are committed in order
+                features = _chunk_features(refs, encoder, tokenizer.pad_token_id, grads,
+                                           [projectors[k] for k in needing], adam, config, device)
+                for k, rows in zip(needing, features):
+                    stores[k].write_rows(name, start, rows)
                 bar.update(len(refs))
         bar.close()
-    store.finish()
-    return store
+    for k in todo:
+        stores[k].finish()
+    return stores
 
 
-def batch_features(grads: PerExampleGradients, projector: Projector, batch: dict[str, torch.Tensor],
-                   adam: AdamState | None = None, form: AdamForm = "corrected") -> torch.Tensor:
-    """Unit-norm projected features (batch, dim) of one padded batch: Adam features when ``adam`` is
-    given, plain gradients otherwise. Each parameter's gradient is transformed and projected as soon
-    as the backward pass yields it."""
-    out = torch.zeros(batch["input_ids"].shape[0], projector.dim, device=batch["input_ids"].device)
+def batch_features(grads: PerExampleGradients, projectors: list[Projector], batch: dict[str, torch.Tensor],
+                   adam: AdamState | None = None, form: AdamForm = "corrected") -> list[torch.Tensor]:
+    """Unit-norm projected features (batch, dim) of one padded batch, one per projector: Adam features
+    when ``adam`` is given, plain gradients otherwise. Each parameter's gradient is transformed once and
+    projected by every projector as soon as the backward pass yields it."""
+    outs = [torch.zeros(batch["input_ids"].shape[0], p.dim, device=batch["input_ids"].device) for p in projectors]
 
     def consume(param: int, grad: torch.Tensor) -> None:
         if adam is not None:
             grad = adam.feature(grad, slice(grads.offsets[param], grads.offsets[param] + grads.numels[param]), form)
-        projector.accumulate(out, param, grad)
+        for projector, out in zip(projectors, outs):
+            projector.accumulate(out, param, grad)
 
     grads.backward(batch, consume)
-    return normalize_rows(out)
+    return [normalize_rows(out) for out in outs]
 
 
-def _chunk_features(refs, encoder, pad_id, grads, projector, adam, config: BuildConfig, device) -> np.ndarray:
-    """Features of one chunk of rows; rows without label tokens stay zero. Batches are length-sorted
-    within the chunk, so a chunk's result does not depend on where a build started."""
-    rows = np.zeros((len(refs), projector.dim), dtype=np.float32)
+def _chunk_features(refs, encoder, pad_id, grads, projectors, adam, config: BuildConfig, device) -> list[np.ndarray]:
+    """Features of one chunk of rows for each projector; rows without label tokens stay zero. Batches
+    are length-sorted within the chunk, so a chunk's result does not depend on where a build started."""
+    rows = [np.zeros((len(refs), p.dim), dtype=np.float32) for p in projectors]
     ok = [i for i, ref in enumerate(refs) if ref.status == "ok"]
     encoded = dict(zip(ok, encode_refs([refs[i] for i in ok], encoder)))
     ok.sort(key=lambda i: (len(encoded[i][0]), i))
     for k in range(0, len(ok), config.batch_size):
         members = ok[k: k + config.batch_size]
         batch = {n: t.to(device) for n, t in collate([encoded[i] for i in members], pad_id).items()}
-        rows[members] = batch_features(grads, projector, batch, adam, config.adam_form).cpu().numpy()
+        for out, features in zip(rows, batch_features(grads, projectors, batch, adam, config.adam_form)):
+            out[members] = features.cpu().numpy()
     return rows
 
 

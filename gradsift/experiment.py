@@ -45,7 +45,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from .build import BuildConfig, build
+from .build import PROJECTION_SETTINGS, BuildConfig, build_together
 from .errors import ConfigError
 from .evaluate import EvaluateConfig, evaluate
 from .files import atomic_write_bytes, atomic_write_json, read_json
@@ -181,22 +181,33 @@ class Experiment:
         self.relevance = {k: set(v) for k, v in read_json(config.relevance).items()} if config.relevance else {}
 
     # -- selection -------------------------------------------------------------------------------
+    def _store_dirs(self, spec: MethodSpec) -> tuple[Path, dict[str, Path]]:
+        settings = {**self.config.build, **spec.build}
+        folder = self.out / "stores" / f"{settings.get('projection', 'sparse')}-{settings.get('dim', 8192)}-{_key(settings)}"
+        return folder / "pool", {t.name: folder / "targets" / t.name for t in self.config.targets}
+
     def _stores(self, spec: MethodSpec) -> tuple[Path, dict[str, Path]]:
-        """The warmup run, then the pool and target stores of a less method's build settings."""
+        """The warmup run, then the pool and target stores of a less method's build settings. Every less
+        method's stores are built at the first need, those differing only in projection from one
+        gradient pass (``build_together``)."""
         c = self.config
         run = self.out / "run"
         warmup(stage_config(WarmupConfig, "warmup", {"train": c.pool, **c.warmup}, model=c.model, output=run))
-        settings = {**c.build, **spec.build}
-        folder = self.out / "stores" / f"{settings.get('projection', 'sparse')}-{settings.get('dim', 8192)}-{_key(settings)}"
-        pool = stage_config(BuildConfig, f"{spec.label}.build", settings, run=run, data=c.pool, output=folder / "pool")
-        build(pool)
-        targets = {}
-        for t in c.targets:
-            target = stage_config(BuildConfig, f"{spec.label}.build", {**settings, "gradient": "sgd"}, run=run,
-                                  data=t.fewshot, output=folder / "targets" / t.name)
-            build(target)
-            targets[t.name] = target.output
-        return pool.output, targets
+        groups: dict[str, list[BuildConfig]] = {}
+        for m in (m for m in c.methods if m.method == "less"):
+            settings = {**c.build, **m.build}
+            pool, targets = self._store_dirs(m)
+            jobs = [stage_config(BuildConfig, f"{m.label}.build", settings, run=run, data=c.pool, output=pool)]
+            jobs += [stage_config(BuildConfig, f"{m.label}.build", {**settings, "gradient": "sgd"}, run=run,
+                                  data=t.fewshot, output=targets[t.name]) for t in c.targets]
+            for job in jobs:
+                shared = {k: v for k, v in asdict(job).items() if k not in PROJECTION_SETTINGS}
+                group = groups.setdefault(_key(shared), [])
+                if all(Path(g.output) != Path(job.output) for g in group):
+                    group.append(job)
+        for group in groups.values():
+            build_together(group)
+        return self._store_dirs(spec)
 
     def selections(self, spec: MethodSpec, fraction: float, seed: int) -> dict[str, Path]:
         """Each target's selection folder for this method, fraction and seed; selected if not already."""

@@ -44,7 +44,8 @@ def bench(tmp_path_factory, tiny_model_dir):
         "pool": ["pool/*.jsonl"],
         "targets": {n: {"fewshot": [f"{n}/fewshot.jsonl"], "test": [f"{n}/test.jsonl"]} for n in ("skill", "other")},
         "relevance": "relevance.json",
-        "methods": ["random", "bm25", "full", {"method": "less", "label": "less-d256", "build": {"dim": 256}}, "rds"],
+        "methods": ["random", "bm25", "full", {"method": "less", "label": "less-d256", "build": {"dim": 256}},
+                    {"method": "less", "label": "less-d512", "build": {"dim": 512}}, "rds"],
         "fractions": [0.1],
         "seeds": [0, 1],
         "warmup": {"fraction": 0.5, "epochs": 1, "lora_r": 4, "lora_alpha": 8, "learning_rate": 1e-2,
@@ -71,10 +72,13 @@ def finished(bench):
 
 def test_every_cell_has_a_row(finished):
     out, rows = finished
-    methods = {"base", "random", "bm25", "full", "less-d256", "rds"}
+    methods = {"base", "random", "bm25", "full", "less-d256", "less-d512", "rds"}
     assert {r["method"] for r in rows} == methods
-    # 2 targets x (base x 2 models + 4 seeded methods x 2 seeds + full x 2 seeds + transfer random x 2 seeds)
-    assert len(rows) == 2 * (2 + 2 * 4 + 2 + 2)
+    # 2 targets x (base x 2 models + 5 methods x 2 seeds + full x 2 seeds + transfer random x 2 seeds)
+    assert len(rows) == 2 * (2 + 2 * 5 + 2 + 2)
+    # the two less dims share one gradient pass: one warmup, and stores of both dims from it
+    stores = sorted(p.name for p in (out / "stores").iterdir())
+    assert len(stores) == 2 and stores[0].startswith("sparse-256") and stores[1].startswith("sparse-512")
     assert all(float(r["loss"]) > 0 for r in rows)
     assert all(r["accuracy"] == "" for r in rows)  # no choices, no generation
     full = [r for r in rows if r["method"] == "full"]
@@ -94,7 +98,7 @@ def test_training_changes_the_loss_and_identical_selections_train_once(finished)
     assert skill["loss"] != "" and (out / skill["evaluation"]).name == (out / other["evaluation"]).name
     # seeds x (random, bm25, full, less, rds) per target for the deterministic ones, shared for random/full,
     # plus the transfer model's random runs
-    assert len(runs) <= 2 * (1 + 1 + 2 * 3) + 2
+    assert len(runs) <= 2 * (1 + 1 + 2 * 4) + 2
 
 
 def test_precision_and_recall_follow_the_labels(finished, bench):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from conftest import WORDS, write_jsonl, write_parquet
 
-from gradsift.build import BuildConfig, build
+from gradsift.build import BuildConfig, build, build_together
 from gradsift.datastore import GradientStore
 from gradsift.errors import ConfigError, StoreMismatchError
 from gradsift.scoring import aggregate, checkpoint_weights, top_k, weighted_similarity
@@ -270,6 +271,29 @@ def test_interrupted_build_resumes_to_identical_bytes(stores, run, data, tmp_pat
         name = f"{c.path.name}.npy"
         assert (output / "features" / name).read_bytes() == (pool.path / "features" / name).read_bytes()
     assert (output / "index.jsonl").read_bytes() == (pool.path / "index.jsonl").read_bytes()
+
+
+def test_stores_built_together_equal_stores_built_alone(stores, run, data, tmp_path):
+    """One gradient pass for several projections: each store byte-identical to its own build, and a
+    store that is already further along is not rewritten."""
+    pool, _ = stores
+    alone = build(pool_config(run, data, tmp_path / "alone", projection="kronecker", dim=256))
+    ahead = tmp_path / "ahead"  # a partial build of the default projection, one checkpoint and a chunk done
+    shutil.copytree(pool.path, ahead)
+    first, second = (c.path.name for c in run.checkpoints)
+    (ahead / "progress.json").write_text(json.dumps({first: 52, second: 16}))
+    manifest = json.loads((ahead / "manifest.json").read_text())
+    (ahead / "manifest.json").write_text(json.dumps({**manifest, "status": "building"}, indent=2) + "\n")
+    np.load(ahead / "features" / f"{second}.npy", mmap_mode="r+")[16:] = 0
+    together = build_together([pool_config(run, data, tmp_path / "kron", projection="kronecker", dim=256),
+                               pool_config(run, data, ahead)])
+    assert all(s.complete for s in together)
+    for mine, theirs in ((together[0].path, alone.path), (together[1].path, pool.path)):
+        for name in ("index.jsonl", "manifest.json", *(f"features/{c.path.name}.npy" for c in run.checkpoints)):
+            assert (mine / name).read_bytes() == (theirs / name).read_bytes().replace(
+                str(theirs).encode(), str(mine).encode()), name
+    with pytest.raises(ConfigError, match="differ only in projection"):
+        build_together([pool_config(run, data, tmp_path / "a"), pool_config(run, data, tmp_path / "b", gradient="sgd")])
 
 
 # -- refusing what cannot be compared --------------------------------------------------------------
