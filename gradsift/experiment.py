@@ -12,7 +12,8 @@ Config (YAML; paths relative to the file, globs allowed)::
     model: smollm2-135m                  # the selector model: warmup, stores, rds, and the model trained
     pool: [benchmark/pool/*.jsonl]
     targets:
-      boolean: {fewshot: [benchmark/targets/boolean/fewshot.jsonl], test: [benchmark/targets/boolean/test.jsonl]}
+      boolean: {fewshot: [benchmark/targets/boolean/fewshot.jsonl], test: [benchmark/targets/boolean/test.jsonl],
+                evaluate: {max_new_tokens: 8}}     # EvaluateConfig fields for this target only
     relevance: benchmark/relevance.json  # optional {target: [relevant pool ids]}: precision and recall
     methods: [less, {method: less, label: less-d1024, build: {dim: 1024}}, bm25, rds, random, full]
     fractions: [0.05]
@@ -73,6 +74,7 @@ class TargetSpec:
     name: str
     fewshot: list[Path]
     test: list[Path]
+    evaluate: dict = field(default_factory=dict)  # EvaluateConfig fields for this target (e.g. max_new_tokens)
 
 
 @dataclass
@@ -127,9 +129,12 @@ def load_experiment(path: Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: unknown keys {sorted(set(raw) - known)}; known: {sorted(known)}")
     base = path.parent
     try:
-        targets = [TargetSpec(name, _files(base, spec["fewshot"], f"targets.{name}.fewshot"),
-                              _files(base, spec["test"], f"targets.{name}.test"))
-                   for name, spec in (raw.get("targets") or {}).items()]
+        targets = []
+        for name, spec in (raw.get("targets") or {}).items():
+            if set(spec) - {"fewshot", "test", "evaluate"}:
+                raise ConfigError(f"targets.{name}: unknown keys {sorted(set(spec) - {'fewshot', 'test', 'evaluate'})}")
+            targets.append(TargetSpec(name, _files(base, spec["fewshot"], f"targets.{name}.fewshot"),
+                                      _files(base, spec["test"], f"targets.{name}.test"), spec.get("evaluate") or {}))
         methods = []
         for spec in raw.get("methods") or []:
             spec = {"method": spec} if isinstance(spec, str) else dict(spec)
@@ -253,11 +258,11 @@ class Experiment:
     def evaluated(self, target: TargetSpec, model: str, trained: Path | None, full: bool = False) -> tuple[Path, dict]:
         """The evaluation on a target's test set of ``model``, plain or with a trained adapter (with
         ``full``, the trained folder is the model)."""
+        settings = {"max_length": self.config.train.get("max_length", 1024), **self.config.evaluate, **target.evaluate}
         name = trained.name if trained is not None else f"base-{_slug(model)}"
-        folder = self.out / "eval" / target.name / name
+        folder = self.out / "eval" / target.name / f"{name}-{_key(settings, [str(p) for p in target.test])[:8]}"
         if (folder / "summary.json").exists():
             return folder, read_json(folder / "summary.json")
-        settings = {"max_length": self.config.train.get("max_length", 1024), **self.config.evaluate}
         model, adapter = (str(trained), None) if full else (model, trained)
         config = stage_config(EvaluateConfig, "evaluate", settings, model=model, adapter=adapter, data=target.test,
                               output=folder)
