@@ -94,6 +94,7 @@ class _Example:
     choices: list[str] | None  # None: judged by generation
     target: int | None = None  # index of the correct choice
     prompted: bool = True  # whether a message precedes the answer: generation needs a prompt
+    answer_is_choice: bool = False  # the record's answer is its correct choice verbatim: one pass gives both
     status: str = "ok"
     loss: float | None = None
     kind: str | None = None
@@ -131,7 +132,7 @@ def _read_example(ref: ExampleRef) -> _Example:
     matching = [k for k, c in enumerate(choices) if c.strip() == reference.strip()]
     if not matching:
         raise ValueError(f"no choice equals the answer {reference.strip()[:80]!r} (choices: {choices})")
-    return _Example(ref, choices[matching[0]], choices, matching[0])
+    return _Example(ref, choices[matching[0]], choices, matching[0], answer_is_choice=choices[matching[0]] == reference)
 
 
 def _read_examples(config: EvaluateConfig, encoder: ChatEncoder):
@@ -260,7 +261,10 @@ def evaluate(config: EvaluateConfig) -> dict:
 
     usable = [i for i, e in enumerate(examples) if e.status == "ok"]
     # Variants of one example stay together; sorting by length keeps padding small.
-    score_jobs = [(i, c) for i in usable for c in [None, *range(len(examples[i].choices or []))]]
+    # The record as it is gives its loss; when its answer is its correct choice verbatim, that choice's
+    # pass is the same sequence and gives the loss too (a third fewer passes for yes/no questions).
+    score_jobs = [(i, c) for i in usable for c in [*([] if examples[i].answer_is_choice else [None]),
+                                                      *range(len(examples[i].choices or []))]]
     score_jobs.sort(key=lambda job: examples[job[0]].ref.tokens)
     generate_jobs = [i for i in usable
                      if examples[i].choices is None and examples[i].prompted and config.max_new_tokens]
@@ -280,7 +284,14 @@ def evaluate(config: EvaluateConfig) -> dict:
                     # summed log-likelihood of the label tokens; in a multi-turn record the earlier
                     # assistant turns add the same amount to every choice
                     scores[i][c] = -result[0] * result[1]
+                    if c == examples[i].target and examples[i].answer_is_choice:
+                        examples[i].loss = result[0]
             bar.update()
+        # a correct choice cut at max_length is not scored as a choice, but the record's loss still counts
+        missing = [(i, None) for i in usable if examples[i].loss is None]
+        for jobs in _batches(missing, config.batch_size):
+            for (i, _), result in zip(jobs, _score_batch(model, jobs, examples, encoder, tokenizer.pad_token_id, device)):
+                examples[i].loss = result[0]
         for members in batches[1]:
             texts = _generate_batch(model, tokenizer, [examples[i].ref for i in members], eos,
                                     config.max_new_tokens, device)
