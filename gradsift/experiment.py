@@ -409,7 +409,7 @@ def results_plot(rows: list[dict], path: Path) -> None:
         if bars:
             low = min(s["loss"] - (s["loss_std"] or 0) for s in mine)
             ax.set_ylim(bottom=max(0.0, low - 0.1 * abs(low)))
-    fig.suptitle("held-out test loss after training on each selection (dashed: untrained model)", fontsize=10)
+    fig.suptitle("test loss after training on each selection\n(dashed: the untrained model)", fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

