@@ -24,15 +24,15 @@ from .report import write_report
 
 DEMO_TARGET = "quantity_comparison"  # yes/no by comparing numbers: accuracy can move, not only loss
 # Settings sized for 2 CPU cores (the paper's r=128, 4 epochs and 2048 tokens are the CLI defaults).
-TRAINING = {"lora_r": 8, "lora_alpha": 32, "learning_rate": 2e-4, "batch_size": 8, "micro_batch_size": 8,
-            "max_length": 256}
+TRAINING = {"lora_r": 8, "lora_alpha": 32, "learning_rate": 2e-4, "batch_size": 8, "micro_batch_size": 4,
+            "max_length": 256}  # micro-batches of 4: activations stay a few GB
 DEMO_EXPERIMENT = {
     "model": "smollm2-135m",
     "methods": ["less", "random"],
     "fractions": [0.05],
     "seeds": [0],
     "warmup": {**TRAINING, "fraction": 0.1, "epochs": 2},
-    "build": {"batch_size": 8},
+    "build": {"batch_size": 4},
     "train": {**TRAINING, "epochs": 3, "warmup_ratio": 0.0},
     "evaluate": {"batch_size": 16, "max_new_tokens": 12},
 }

