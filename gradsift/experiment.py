@@ -43,7 +43,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 from tqdm.auto import tqdm
 
 from .build import PROJECTION_SETTINGS, BuildConfig, build_together
@@ -51,7 +50,7 @@ from .errors import ConfigError
 from .evaluate import EvaluateConfig, evaluate
 from .files import atomic_write_bytes, atomic_write_json, read_json
 from .methods import Pool, Target
-from .pipeline import stage_config
+from .pipeline import read_yaml_mapping, stage_config
 from .select import SelectConfig, load_inputs, make_method, run_selection
 from .train import TrainConfig, train
 from .warmup import WarmupConfig, warmup
@@ -118,12 +117,7 @@ def _files(base: Path, patterns, what: str) -> list[Path]:
 def load_experiment(path: Path) -> ExperimentConfig:
     """Read an experiment YAML; relative paths resolve against its folder; unknown keys are errors."""
     path = Path(path).resolve()  # runs and stores record absolute paths: resuming works from any folder
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path)
     known = {f.name for f in ExperimentConfig.__dataclass_fields__.values()}
     if set(raw) - known:
         raise ConfigError(f"{path}: unknown keys {sorted(set(raw) - known)}; known: {sorted(known)}")

@@ -87,15 +87,21 @@ def stage_config(cls, stage: str, values: dict, **fixed):
         raise ConfigError(f"{stage}: {e}") from None
 
 
-def load_pipeline(path: Path) -> PipelineConfig:
-    """Read a pipeline YAML; relative paths resolve against the file's folder."""
-    path = Path(path)
+def read_yaml_mapping(path: Path) -> dict:
+    """A YAML config file's top-level mapping; an unreadable file or another shape is a ConfigError."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_pipeline(path: Path) -> PipelineConfig:
+    """Read a pipeline YAML; relative paths resolve against the file's folder."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
     base = path.parent
     resolve = lambda files: [str(base / f) for f in files]  # noqa: E731
     for section in [raw.get("pool", {}), *raw.get("targets", {}).values()]:
