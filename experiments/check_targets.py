@@ -23,6 +23,7 @@ training records>/`` (default ``$GRADSIFT_CACHE/benchmark-checks``), and a compl
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import random
@@ -206,9 +207,10 @@ def check(benchmark: Path, target: str, records: int, output: Path, seed: int, e
     relevant, unrelated = training_sets(benchmark, target, records, seed)
     runs = {"relevant": train(relevant, runs_dir / target / f"relevant-e{epochs}", seed, epochs),
             "random": train(unrelated, runs_dir / target / f"random-e{epochs}", seed, epochs)}
-    results = {"base": evaluate(*load(None), tests)}
-    for name, run in runs.items():
+    results = {}
+    for name, run in [("base", None), *runs.items()]:
         results[name] = evaluate(*load(run), tests)
+        gc.collect()  # one model in memory at a time
     summary = {
         "target": target,
         "train_records": {"relevant": len(relevant), "random": len(unrelated)},
