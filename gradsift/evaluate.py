@@ -196,14 +196,18 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 # -- measurement -----------------------------------------------------------------------------------
 
+def _comparable(ids: list[int], labels: list[int], encoder: ChatEncoder) -> bool:
+    """Whether a choice can be compared with the others: not cut at max_length, some label left."""
+    return len(ids) < encoder.max_length and label_count(labels) > 0
+
+
 def _score_batch(model, jobs, examples, encoder: ChatEncoder, pad_id: int, device) -> list[tuple[float, int] | None]:
     """(mean loss, label tokens) of each (example, choice) job; choice None is the record itself.
     None for a choice truncated at max_length (or left with no label token): it cannot be compared."""
     messages = {i: read_messages(examples[i].ref) for i in {i for i, _ in jobs}}
     encoded = [encoder.encode(messages[i] if c is None else _with_answer(messages[i], examples[i].choices[c]))
                for i, c in jobs]
-    live = [k for k, ((ids, labels), (_, c)) in enumerate(zip(encoded, jobs))
-            if c is None or (len(ids) < encoder.max_length and label_count(labels))]
+    live = [k for k, ((ids, labels), (_, c)) in enumerate(zip(encoded, jobs)) if c is None or _comparable(ids, labels, encoder)]
     out: list[tuple[float, int] | None] = [None] * len(jobs)
     if live:
         batch = {n: t.to(device) for n, t in collate([encoded[k] for k in live], pad_id).items()}
@@ -240,7 +244,7 @@ def _score_choices(model, messages: list[dict], choices: list[str], encoder: Cha
     prompt run once: its key/value cache is shared by every choice's continuation (a 12-way choice
     costs about two passes over the prompt, not twelve). None for a choice cut at max_length."""
     encoded = [encoder.encode(_with_answer(messages, c)) for c in choices]
-    live = [k for k, (ids, labels) in enumerate(encoded) if len(ids) < encoder.max_length and label_count(labels)]
+    live = [k for k, (ids, labels) in enumerate(encoded) if _comparable(ids, labels, encoder)]
     out: list[tuple[float, int] | None] = [None] * len(choices)
     if not live:
         return out
@@ -310,33 +314,33 @@ def evaluate(config: EvaluateConfig) -> dict:
 
     scores: dict[int, list[float | None]] = {i: [None] * len(examples[i].choices or []) for i in usable}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    def take(i: int, c: int | None, result: tuple[float, int] | None) -> None:
+        """A scoring pass's result for example i: choice c's score, and the loss where it is one."""
+        if c is None:
+            examples[i].loss = result[0]
+        elif result is not None:
+            # summed log-likelihood of the label tokens; in a multi-turn record the earlier
+            # assistant turns add the same amount to every choice
+            scores[i][c] = -result[0] * result[1]
+            if c == examples[i].target and examples[i].answer_is_choice:
+                examples[i].loss = result[0]
+
     with torch.inference_mode(), autocast:
         for jobs in batches[0]:
-            results = _score_batch(model, jobs, examples, encoder, tokenizer.pad_token_id, device)
-            for (i, c), result in zip(jobs, results):
-                if c is None:
-                    examples[i].loss = result[0]
-                elif result is not None:
-                    # summed log-likelihood of the label tokens; in a multi-turn record the earlier
-                    # assistant turns add the same amount to every choice
-                    scores[i][c] = -result[0] * result[1]
-                    if c == examples[i].target and examples[i].answer_is_choice:
-                        examples[i].loss = result[0]
+            for (i, c), result in zip(jobs, _score_batch(model, jobs, examples, encoder, tokenizer.pad_token_id, device)):
+                take(i, c, result)
             bar.update()
         for i in many:
             ex = examples[i]
             results = _score_choices(model, read_messages(ex.ref), ex.choices, encoder, tokenizer.pad_token_id, device)
             for c, result in enumerate(results):
-                if result is not None:
-                    scores[i][c] = -result[0] * result[1]
-                    if c == ex.target and ex.answer_is_choice:
-                        ex.loss = result[0]
+                take(i, c, result)
             bar.update()
         # a correct choice cut at max_length is not scored as a choice, but the record's loss still counts
         missing = [(i, None) for i in usable if examples[i].loss is None]
         for jobs in _batches(missing, config.batch_size):
-            for (i, _), result in zip(jobs, _score_batch(model, jobs, examples, encoder, tokenizer.pad_token_id, device)):
-                examples[i].loss = result[0]
+            for (i, c), result in zip(jobs, _score_batch(model, jobs, examples, encoder, tokenizer.pad_token_id, device)):
+                take(i, c, result)
         for members in batches[1]:
             texts = _generate_batch(model, tokenizer, [examples[i].ref for i in members], eos,
                                     config.max_new_tokens, device)
