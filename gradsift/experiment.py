@@ -230,10 +230,7 @@ class Experiment:
         else:
             pool = Pool.from_files(c.pool, config.skip_bad_records)
             targets = [Target.from_files(t.name, t.fewshot, config.skip_bad_records) for t in c.targets]
-        if len(targets) == 1:  # run_selection writes a lone target straight into its folder
-            run_selection(method, pool, targets, paths[targets[0].name], config.fraction, config.count)
-        else:
-            run_selection(method, pool, targets, folder, config.fraction, config.count)
+        run_selection(method, pool, targets, [paths[t.name] for t in targets], config.fraction, config.count)
         return paths
 
     # -- training and evaluation -----------------------------------------------------------------

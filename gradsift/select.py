@@ -24,7 +24,6 @@ from .datastore import GradientStore
 from .errors import ConfigError
 from .files import atomic_write_bytes, atomic_write_json
 from .methods import METHODS, Bm25, FullPool, Less, Pool, RandomSelection, Rds, SelectionMethod, Target
-
 from .scoring import Aggregate, top_k
 
 MethodName = Literal["less", "random", "bm25", "rds", "full"]
@@ -94,11 +93,8 @@ def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
         if config.train_store is None or not config.target_store:
             raise ConfigError("--method less selects from gradient stores: give --train-store and --target-store "
                               "(or --pool and --target with another --method)")
-        pool = GradientStore.open(config.train_store)
-        stores = [GradientStore.open(p) for p in config.target_store]
-        for store in stores:
-            pool.check_comparable(store)
-        return Pool.from_store(pool), [Target.from_store(s) for s in stores]
+        pool = GradientStore.open(config.train_store)  # Less checks that the stores can be compared
+        return Pool.from_store(pool), [Target.from_store(GradientStore.open(p)) for p in config.target_store]
     if not config.pool or not config.target:
         raise ConfigError(f"--method {config.method} reads records files: give --pool and --target")
     pool = Pool.from_files(config.pool, config.skip_bad_records)
@@ -108,7 +104,9 @@ def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
 def select(config: SelectConfig) -> list[Selection]:
     method = make_method(config)
     pool, targets = load_inputs(config)
-    return run_selection(method, pool, targets, Path(config.output), config.fraction, config.count)
+    output = Path(config.output)
+    outputs = [output] if len(targets) == 1 else [output / t.name for t in targets]
+    return run_selection(method, pool, targets, outputs, config.fraction, config.count)
 
 
 def selection_size(pool: Pool, fraction: float | None, count: int | None) -> int:
@@ -118,20 +116,20 @@ def selection_size(pool: Pool, fraction: float | None, count: int | None) -> int
     return n
 
 
-def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], output: Path,
+def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], outputs: list[Path],
                   fraction: float | None = 0.05, count: int | None = None) -> list[Selection]:
-    """Score the pool with ``method`` against every target, rank, and write each target's three files."""
+    """Score the pool with ``method`` against every target, rank, and write each target's three files
+    into its folder of ``outputs``."""
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ConfigError(f"targets need distinct names (target store folder names), got {names}")
     n_select = int(pool.scorable.sum()) if method.selects_all else selection_size(pool, fraction, count)
+    candidates = np.flatnonzero(pool.scorable)
     selections = []
-    for target, result in zip(targets, method.score(pool, targets)):
-        candidates = np.flatnonzero(pool.scorable)
+    for target, out, result in zip(targets, outputs, method.score(pool, targets)):
         if not np.isfinite(result.scores[candidates]).all():
             raise ConfigError(f"{method.name} gave a non-finite score for target {target.name}")
         ranking = candidates[top_k(result.scores[candidates], len(candidates))]
-        out = output if len(targets) == 1 else output / target.name
         selection = Selection(target.name, result.scores, pool.scorable, ranking, n_select, out)
         _write(selection, method, pool, target, result.subtask)
         selections.append(selection)
