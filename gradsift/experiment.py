@@ -178,6 +178,7 @@ class Experiment:
     def __init__(self, config: ExperimentConfig, output: Path):
         self.config, self.out = config, Path(output).resolve()
         self.relevance = {k: set(v) for k, v in read_json(config.relevance).items()} if config.relevance else {}
+        self._stores_built = False
 
     # -- selection -------------------------------------------------------------------------------
     def _store_dirs(self, spec: MethodSpec) -> tuple[Path, dict[str, Path]]:
@@ -189,6 +190,8 @@ class Experiment:
         """The warmup run, then the pool and target stores of a less method's build settings. Every less
         method's stores are built at the first need, those differing only in projection from one
         gradient pass (``build_together``)."""
+        if self._stores_built:  # each build call loads the model and tokenizes the pool, even when complete
+            return self._store_dirs(spec)
         c = self.config
         run = self.out / "run"
         warmup(stage_config(WarmupConfig, "warmup", {"train": c.pool, **c.warmup}, model=c.model, output=run))
@@ -206,6 +209,7 @@ class Experiment:
                     group.append(job)
         for group in groups.values():
             build_together(group)
+        self._stores_built = True
         return self._store_dirs(spec)
 
     def selections(self, spec: MethodSpec, fraction: float, seed: int) -> dict[str, Path]:
