@@ -15,7 +15,8 @@ Config (YAML; paths relative to the file, globs allowed)::
       boolean: {fewshot: [benchmark/targets/boolean/fewshot.jsonl], test: [benchmark/targets/boolean/test.jsonl],
                 evaluate: {max_new_tokens: 8}}     # EvaluateConfig fields for this target only
     relevance: benchmark/relevance.json  # optional {target: [relevant pool ids]}: precision and recall
-    methods: [less, {method: less, label: less-d1024, build: {dim: 1024}}, bm25, rds, random, full]
+    methods: [less, {method: less, label: less-d1024, build: {dim: 1024}}, bm25, rds, random,
+              {method: full, seeds: [0]}]      # seeds: this method's subset of the grid's seeds
     fractions: [0.05]
     seeds: [0, 1, 2]
     warmup: {fraction: 0.05, epochs: 2, lora_r: 8}     # WarmupConfig fields
@@ -66,6 +67,7 @@ class MethodSpec:
     label: str
     build: dict = field(default_factory=dict)  # less: BuildConfig fields (dim, projection, ...)
     select: dict = field(default_factory=dict)  # SelectConfig fields for this method only
+    seeds: list[int] | None = None  # a subset of the grid's seeds (full-pool training is costly); None: all
 
 
 @dataclass
@@ -158,6 +160,9 @@ def _check(config: ExperimentConfig, path: Path) -> None:
     for m in config.methods:
         if m.method not in SEEDLESS + ("random",):
             raise ConfigError(f"{path}: unknown method {m.method!r}")
+        if m.seeds is not None and not set(m.seeds) <= set(config.seeds):
+            raise ConfigError(f"{path}: method {m.label!r} seeds {m.seeds} are not all among the grid's seeds "
+                              f"{config.seeds}")
     for t in config.transfer:
         unknown = set(t.methods) - set(labels)
         if unknown:
@@ -282,7 +287,7 @@ class Experiment:
         for seed in c.seeds:
             for model, train_overrides, labels in models:
                 for spec in c.methods:
-                    if spec.label not in labels:
+                    if spec.label not in labels or (spec.seeds is not None and seed not in spec.seeds):
                         continue
                     for fraction in ([1.0] if spec.method == "full" else c.fractions):
                         jobs.append({"model": model, "method": spec.label, "seed": seed, "fraction": fraction,

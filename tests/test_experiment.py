@@ -44,7 +44,7 @@ def bench(tmp_path_factory, tiny_model_dir):
         "pool": ["pool/*.jsonl"],
         "targets": {n: {"fewshot": [f"{n}/fewshot.jsonl"], "test": [f"{n}/test.jsonl"]} for n in ("skill", "other")},
         "relevance": "relevance.json",
-        "methods": ["random", "bm25", "full", {"method": "less", "label": "less-d256", "build": {"dim": 256}},
+        "methods": ["random", "bm25", {"method": "full", "seeds": [0]}, {"method": "less", "label": "less-d256", "build": {"dim": 256}},
                     {"method": "less", "label": "less-d512", "build": {"dim": 512}}, "rds"],
         "fractions": [0.1],
         "seeds": [0, 1],
@@ -74,8 +74,8 @@ def test_every_cell_has_a_row(finished):
     out, rows = finished
     methods = {"base", "random", "bm25", "full", "less-d256", "less-d512", "rds"}
     assert {r["method"] for r in rows} == methods
-    # 2 targets x (base x 2 models + 5 methods x 2 seeds + full x 2 seeds + transfer random x 2 seeds)
-    assert len(rows) == 2 * (2 + 2 * 5 + 2 + 2)
+    # 2 targets x (base x 2 models + 5 methods x 2 seeds + full at seed 0 only + transfer random x 2 seeds)
+    assert len(rows) == 2 * (2 + 2 * 5 + 1 + 2)
     # the two less dims share one gradient pass: one warmup, and stores of both dims from it
     stores = sorted(p.name for p in (out / "stores").iterdir())
     assert len(stores) == 2 and stores[0].startswith("sparse-256") and stores[1].startswith("sparse-512")
@@ -83,6 +83,7 @@ def test_every_cell_has_a_row(finished):
     assert all(r["accuracy"] == "" for r in rows)  # no choices, no generation
     full = [r for r in rows if r["method"] == "full"]
     assert {r["selected"] for r in full} == {"40"} and {r["fraction"] for r in full} == {"1"}
+    assert {r["seed"] for r in full} == {"0"}
 
 
 def test_training_changes_the_loss_and_identical_selections_train_once(finished):
@@ -155,7 +156,8 @@ def test_config_errors_name_the_problem(bench, tmp_path):
     raw = yaml.safe_load(path.read_text())
     for change, message in [({"methodz": []}, "unknown keys"), ({"methods": ["random", "random"]}, "distinct"),
                             ({"methods": ["magic"]}, "unknown method"), ({"pool": ["nothing/*.jsonl"]}, "matches no file"),
-                            ({"transfer": [{"model": "x", "methods": ["bm25x"]}]}, "not in the grid")]:
+                            ({"transfer": [{"model": "x", "methods": ["bm25x"]}]}, "not in the grid"),
+                            ({"methods": [{"method": "full", "seeds": [7]}]}, "not all among the grid's seeds")]:
         bad = root / "bad.yaml"
         bad.write_text(yaml.safe_dump({**raw, **change}))
         with pytest.raises(ConfigError, match=message):
