@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .demo_data import _fewshot_configs, _gsm8k_messages, _package_path, _write_jsonl  # locate and parse package data
-from .data import file_sha256
+from .files import file_sha256
 from .files import atomic_write_bytes
 
 FORMAT_VERSION = 1

@@ -9,42 +9,23 @@ it stopped and memory does not grow with the pool.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import AdamForm, BuildConfig
 from .data import ChatEncoder, collate, encode_refs, index_examples
 from .datastore import GradientStore
 from .errors import ConfigError, StoreMismatchError
-from .features import AdamForm, AdamState, normalize_rows
+from .features import AdamState, normalize_rows
 from .gradients import PerExampleGradients
+from .locks import folder_locks
 from .models import pick_device
-from .projection import ProjectionKind, Projector, make_projector
+from .projection import Projector, make_projector
 from .training import Run
-
-
-@dataclass
-class BuildConfig:
-    run: Path = field(metadata={"help": "warmup run folder (from `gradsift warmup`)"})
-    data: list[Path] = field(metadata={"help": "data files (JSON Lines, JSON array or Parquet) to compute features for"})
-    output: Path = field(metadata={"help": "store folder to write (resumed if it holds the same build)"})
-    gradient: Literal["adam", "sgd"] = field(default="adam", metadata={"help": "adam for the pool, sgd for targets"})
-    adam_form: AdamForm = field(default="corrected", metadata={
-        "help": "corrected: bias-corrected Adam update; less: the reference code's formula"})
-    projection: ProjectionKind = field(default="sparse", metadata={
-        "help": "sparse: sparse JL (default: as faithful as dense, 8x faster on a CPU); dense: Rademacher JL "
-                "(the reference); kronecker: per-parameter two-sided"})
-    dim: int = field(default=8192, metadata={"help": "projected dimensions"})
-    seed: int = field(default=0, metadata={"help": "projection seed (the same for every store to compare)"})
-    max_length: int | None = field(default=None, metadata={"help": "truncate to this many tokens (default: the run's)"})
-    batch_size: int = field(default=16, metadata={"help": "examples per batched backward pass"})
-    chunk_size: int = field(default=256, metadata={"help": "rows committed to disk at a time"})
-    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
 
 
 def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, projection: dict, max_length: int,
@@ -84,6 +65,11 @@ def build_together(configs: list[BuildConfig]) -> list[GradientStore]:
     """Build several stores of the same run, data and gradient kind that differ only in projection
     (kind, dim, seed) from one pass of per-example gradients: the forward, backward and Adam
     transform are shared, only the (cheap) projections are repeated. Each store resumes on its own."""
+    with folder_locks(c.output for c in configs):
+        return _build_together(configs)
+
+
+def _build_together(configs: list[BuildConfig]) -> list[GradientStore]:
     shared = [{k: v for k, v in asdict(c).items() if k not in PROJECTION_SETTINGS} for c in configs]
     if any(s != shared[0] for s in shared):
         raise ConfigError("stores built together must differ only in projection, dim and seed")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import warnings
 import types
 import typing
 from pathlib import Path
@@ -48,54 +50,68 @@ def _config(cls, args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .build import BuildConfig
-    from .evaluate import EvaluateConfig
-    from .select import SelectConfig
-    from .train import TrainConfig
-    from .warmup import WarmupConfig
+    from .config import BuildConfig, EvaluateConfig, SelectConfig, TrainConfig, WarmupConfig
 
     parser = argparse.ArgumentParser(prog="gradsift", description="Select the training data that most helps a "
                                      "target capability, with LESS gradient features.")
     parser.add_argument("--version", action="version", version=f"gradsift {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="also show the libraries' own warnings, log messages and weight-loading bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("warmup", help="LoRA warmup on a random fraction of the pool; one checkpoint per epoch")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    p = command("warmup", help="LoRA warmup on a random fraction of the pool; one checkpoint per epoch")
     add_config_arguments(p, WarmupConfig)
     p.set_defaults(config_class=WarmupConfig)
 
-    p = sub.add_parser("build", help="gradient feature store of a dataset at every checkpoint of a run")
+    p = command("build", help="gradient feature store of a dataset at every checkpoint of a run")
     add_config_arguments(p, BuildConfig)
     p.set_defaults(config_class=BuildConfig)
 
-    p = sub.add_parser("select", help="score the pool against targets and write the top examples")
+    p = command("select", help="score the pool against targets and write the top examples")
     add_config_arguments(p, SelectConfig)
     p.set_defaults(config_class=SelectConfig)
 
-    p = sub.add_parser("train", help="fine-tune a model (LoRA, or --full) on records, e.g. a selection")
+    p = command("train", help="fine-tune a model (LoRA, or --full) on records, e.g. a selection")
     add_config_arguments(p, TrainConfig)
     p.set_defaults(config_class=TrainConfig)
 
-    p = sub.add_parser("evaluate", help="test loss and accuracy of a model (with --adapter) on held-out records")
+    p = command("evaluate", help="test loss and accuracy of a model (with --adapter) on held-out records")
     add_config_arguments(p, EvaluateConfig)
     p.set_defaults(config_class=EvaluateConfig)
 
-    p = sub.add_parser("experiment", help="targets x methods x fractions x seeds: select, train, evaluate")
+    p = command("experiment", help="targets x methods x fractions x seeds: select, train, evaluate")
     p.add_argument("config", type=Path, help="experiment YAML (see gradsift.experiment)")
     p.add_argument("--output", type=Path, required=True, help="experiment folder (resumed if it exists)")
 
-    p = sub.add_parser("report", help="DIR/report.html for a selection or an experiment folder")
+    p = command("report", help="DIR/report.html for a selection or an experiment folder")
     p.add_argument("dir", type=Path, help="a selection folder (from select) or an experiment folder")
 
-    p = sub.add_parser("run", help="the whole pipeline from one YAML config file")
+    p = command("run", help="the whole pipeline from one YAML config file")
     p.add_argument("config", type=Path, help="pipeline YAML (see gradsift.pipeline)")
 
-    p = sub.add_parser("demo", help="the whole pipeline on SmolLM2-135M with real pool and target data")
+    p = command("demo", help="the whole pipeline on SmolLM2-135M with real pool and target data")
     p.add_argument("--output", type=Path, default=Path("gradsift-demo"), help="output folder (default: gradsift-demo)")
     return parser
 
 
+def quiet_libraries() -> None:
+    """gradsift's own progress bars and results only: torch, transformers and peft warnings, advisory
+    log messages and weight-loading bars are for ``--verbose``. Set before those libraries load."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(torch|transformers|peft|accelerate|huggingface_hub)\b")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     try:
         if args.command == "warmup":
             from .warmup import warmup

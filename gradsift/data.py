@@ -14,7 +14,6 @@ has no byte span of its own: it is re-read by its 1-based number and written bac
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -24,6 +23,7 @@ from typing import Callable, Iterator
 import torch
 
 from .errors import DataError
+from .files import file_sha256
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -190,14 +190,6 @@ def scan_file(path: Path, skip_bad: bool) -> Iterator[tuple[ExampleRef, list[dic
             yield None, None, BadRecord(str(path), line, str(e))
             continue
         yield ref, messages, None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=2)

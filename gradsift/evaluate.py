@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .config import EvaluateConfig
 from .data import (
     IGNORE_INDEX,
     BadRecord,
@@ -36,24 +37,8 @@ from .data import (
 )
 from .errors import ConfigError, DataError
 from .files import atomic_write_bytes, atomic_write_json, read_json
+from .locks import folder_lock
 from .models import ModelInfo, load_model, model_fingerprint, pick_device
-
-
-@dataclass
-class EvaluateConfig:
-    model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
-    data: list[Path] = field(metadata={"help": "held-out test files (JSON Lines, JSON array or Parquet); records "
-                                               "with 'choices' are scored by likelihood, others by generation"})
-    output: Path = field(metadata={"help": "folder to write summary.json and examples.jsonl to"})
-    adapter: Path | None = field(default=None, metadata={
-        "help": "peft adapter folder (adapter_config.json + adapter_model.safetensors), e.g. from `gradsift train`"})
-    batch_size: int = field(default=8, metadata={"help": "sequences per forward or generation pass"})
-    max_length: int = field(default=1024, metadata={"help": "truncate examples to this many tokens"})
-    max_new_tokens: int = field(default=64, metadata={
-        "help": "greedy generation budget for records without choices; 0: no generation (no accuracy for them)"})
-    skip_bad_records: bool = field(default=False, metadata={
-        "help": "skip malformed records (counted) instead of failing"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -285,6 +270,11 @@ def _results(examples: list[_Example]) -> dict:
 
 def evaluate(config: EvaluateConfig) -> dict:
     """Measure loss and accuracy on ``config.data``, write summary.json and examples.jsonl, return the summary."""
+    with folder_lock(config.output):
+        return _evaluate(config)
+
+
+def _evaluate(config: EvaluateConfig) -> dict:
     from transformers import GenerationConfig
 
     if config.batch_size < 1 or config.max_length < 2 or config.max_new_tokens < 0:

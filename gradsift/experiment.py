@@ -50,6 +50,7 @@ from .build import PROJECTION_SETTINGS, BuildConfig, build_together
 from .errors import ConfigError
 from .evaluate import EvaluateConfig, evaluate
 from .files import atomic_write_bytes, atomic_write_json, read_json
+from .locks import folder_lock
 from .methods import Pool, Target
 from .pipeline import read_yaml_mapping, stage_config
 from .select import SelectConfig, load_inputs, make_method, run_selection
@@ -332,7 +333,8 @@ class Experiment:
 
 
 def run_experiment(config: ExperimentConfig, output: Path) -> list[dict]:
-    return Experiment(config, output).run()
+    with folder_lock(output):
+        return Experiment(config, output).run()
 
 
 # -- results ------------------------------------------------------------------------------------

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 
-AdamForm = Literal["corrected", "less"]
+from .config import AdamForm
+
 
 # The reference LESS code's constants: it ignores the optimizer's own betas and eps.
 LESS_BETAS = (0.9, 0.999)

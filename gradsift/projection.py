@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -165,7 +165,6 @@ class KroneckerProjector(Projector):
         out += (p_out.T @ (g @ p_in)).flatten(1)
 
 
-ProjectionKind = Literal["dense", "sparse", "kronecker"]
 PROJECTORS: dict[str, type[Projector]] = {
     cls.kind: cls for cls in (DenseRademacherProjector, SparseJLProjector, KroneckerProjector)
 }

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 
-Aggregate = Literal["subtask-mean-max", "mean", "max"]
+from .config import Aggregate
+
 
 
 def checkpoint_weights(lrs: list[float]) -> np.ndarray:

@@ -13,46 +13,19 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from .config import SelectConfig
 from .data import read_records
 from .datastore import GradientStore
 from .errors import ConfigError
 from .files import atomic_write_bytes, atomic_write_json
+from .locks import folder_lock
 from .methods import METHODS, Bm25, FullPool, Less, Pool, RandomSelection, Rds, SelectionMethod, Target
-from .scoring import Aggregate, top_k
-
-MethodName = Literal["less", "random", "bm25", "rds", "full"]
-
-
-@dataclass
-class SelectConfig:
-    output: Path = field(metadata={"help": "folder for selected.jsonl, scores.csv, summary.json"})
-    method: MethodName = field(default="less", metadata={
-        "help": "less: gradient stores (--train-store, --target-store); random, bm25, rds (needs --model), full: "
-                "records files (--pool, --target)"})
-    train_store: Path | None = field(default=None, metadata={"help": "less: gradient store of the pool (--gradient adam)"})
-    target_store: list[Path] | None = field(default=None, metadata={
-        "help": "less: gradient stores of the targets (--gradient sgd); several give one selection each"})
-    pool: list[Path] | None = field(default=None, metadata={"help": "random/bm25/rds/full: pool records files"})
-    target: list[Path] | None = field(default=None, metadata={
-        "help": "random/bm25/rds/full: the target's records files (one target; subtask = record field or file)"})
-    model: str | None = field(default=None, metadata={"help": "rds: the selector model whose hidden states are compared"})
-    fraction: float | None = field(default=0.05, metadata={"help": "fraction of the pool to select"})
-    count: int | None = field(default=None, metadata={"help": "number of examples to select (overrides --fraction)"})
-    aggregate: Aggregate = field(default="subtask-mean-max", metadata={
-        "help": "subtask-mean-max (paper): mean per subtask, max over subtasks; or mean, max"})
-    seed: int = field(default=0, metadata={"help": "random: the seed of the draw"})
-    max_length: int = field(default=1024, metadata={"help": "rds: truncate examples to this many tokens"})
-    batch_size: int = field(default=16, metadata={"help": "rds: examples per forward pass"})
-    device: str = field(default="auto", metadata={"help": "rds: auto, cpu, cuda, ..."})
-    chunk_rows: int = field(default=16384, metadata={"help": "pool rows scored at a time (bounds memory)"})
-    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
-
+from .scoring import top_k
 
 @dataclass
 class Selection:
@@ -102,11 +75,12 @@ def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
 
 
 def select(config: SelectConfig) -> list[Selection]:
-    method = make_method(config)
-    pool, targets = load_inputs(config)
     output = Path(config.output)
-    outputs = [output] if len(targets) == 1 else [output / t.name for t in targets]
-    return run_selection(method, pool, targets, outputs, config.fraction, config.count)
+    with folder_lock(output):
+        method = make_method(config)
+        pool, targets = load_inputs(config)
+        outputs = [output] if len(targets) == 1 else [output / t.name for t in targets]
+        return run_selection(method, pool, targets, outputs, config.fraction, config.count)
 
 
 def selection_size(pool: Pool, fraction: float | None, count: int | None) -> int:

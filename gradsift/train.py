@@ -13,36 +13,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import file_sha256
-from .errors import DataError
-from .training import Run, TrainingArguments, train_run
+from .config import TrainConfig
+from .locks import folder_lock
+from .training import Run, train_run
 
 FINAL_FILES = {False: ("adapter_config.json", "adapter_model.safetensors"), True: ("config.json", "model.safetensors")}
 
 
-@dataclass
-class TrainConfig(TrainingArguments):
-    model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
-    data: list[Path] = field(metadata={"help": "records files to train on (e.g. a selection's selected.jsonl)"})
-    output: Path = field(metadata={"help": "folder for the run and the final adapter (or model, with --full)"})
-    full: bool = field(default=False, metadata={"help": "fine-tune every weight instead of a LoRA adapter"})
-
-    def fingerprint(self) -> dict:
-        """A fine-tuning run is identified by the content it trains on, not by where that file lies:
-        moved records still resume, edited ones do not."""
-        missing = [p for p in self.data if not Path(p).is_file()]
-        if missing:
-            raise DataError(missing[0], 0, "no such data file")
-        return {**super().fingerprint(), "data": [file_sha256(p) for p in self.data]}
-
-
 def train(config: TrainConfig) -> Run:
     """Train (or resume, or return if complete) and put the final weights at the top of OUTPUT."""
-    run = train_run(config, config.model, config.data, config.output, full=config.full, keep_optimizer_states=False)
-    _export_final(run)
+    with folder_lock(config.output):
+        run = train_run(config, config.model, config.data, config.output, full=config.full, keep_optimizer_states=False)
+        _export_final(run)
     return run
 
 

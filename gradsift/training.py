@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .config import TrainingArguments
 from .data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss
 from .errors import ConfigError
 from .features import AdamState
@@ -37,36 +38,6 @@ from .files import atomic_write_json, read_json
 from .models import ModelInfo, load_model, pick_device
 
 RUN_FORMAT = 1
-
-
-@dataclass(kw_only=True)
-class TrainingArguments:
-    """The settings of the training loop; defaults are the LESS paper's (warmup and fine-tuning alike)."""
-
-    epochs: int = field(default=4, metadata={"help": "epochs; one checkpoint per epoch"})
-    lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
-    lora_alpha: float = field(default=512.0, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
-    lora_targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={"help": "modules given LoRA"}
-    )
-    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate (linear decay)"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear LR warmup"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    batch_size: int = field(default=128, metadata={"help": "examples per optimizer step"})
-    micro_batch_size: int = field(default=8, metadata={"help": "examples per forward/backward pass"})
-    max_length: int = field(default=2048, metadata={"help": "truncate examples to this many tokens"})
-    seed: int = field(default=0, metadata={"help": "seed for the sample, the LoRA init, the data order and dropout"})
-    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
-
-    def fingerprint(self) -> dict:
-        """The settings that must agree for a resumed run to continue this one."""
-        d = {k: ([str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
-             for k, v in asdict(self).items()}
-        for volatile in ("output", "device", "micro_batch_size"):
-            d.pop(volatile, None)
-        return d
 
 
 @dataclass(frozen=True)

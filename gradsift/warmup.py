@@ -7,20 +7,14 @@ features and checkpoint weights. An interrupted warmup resumes from its last com
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from .config import WarmupConfig
+from .locks import folder_lock
+from .training import Run, train_run
 
-from .training import Run, TrainingArguments, train_run
-
-
-@dataclass
-class WarmupConfig(TrainingArguments):
-    model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
-    train: list[Path] = field(metadata={"help": "pool files (JSON Lines, JSON array or Parquet); the warmup samples from their union"})
-    output: Path = field(metadata={"help": "run folder to write"})
-    fraction: float = field(default=0.05, metadata={"help": "fraction of the pool to warm up on"})
+__all__ = ["WarmupConfig", "warmup"]
 
 
 def warmup(config: WarmupConfig) -> Run:
     """Train the warmup LoRA and write one checkpoint per epoch; resume or skip if already (partly) done."""
-    return train_run(config, config.model, config.train, config.output, fraction=config.fraction)
+    with folder_lock(config.output):
+        return train_run(config, config.model, config.train, config.output, fraction=config.fraction)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -14,16 +16,42 @@ from gradsift.pipeline import load_pipeline
 from conftest import chat_records, write_jsonl
 
 
+COMMANDS = ("warmup", "build", "select", "train", "evaluate", "experiment", "report", "run", "demo")
+
+
 def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("warmup", "build", "select", "run", "demo"):
+    for command in COMMANDS:
         assert command in out
-    for command in ("warmup", "build", "select", "run", "demo"):
+    for command in COMMANDS:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
+
+
+def test_help_loads_no_heavy_library():
+    """--help answers at once: no command's help imports torch or transformers (seconds on a cold start)."""
+    probe = ("import sys\nfrom gradsift.cli import main\n"
+             f"for argv in [['--help']] + [[c, '--help'] for c in {COMMANDS!r}]:\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_run_prints_no_library_noise(tmp_path, tiny_model_dir):
+    """Only gradsift's own output: no library warnings or weight-loading bars unless --verbose."""
+    data = write_jsonl(tmp_path / "test.jsonl", chat_records(random.Random(0), 3, "t"))
+    command = [sys.executable, "-m", "gradsift", "evaluate", "--model", str(tiny_model_dir), "--data", str(data),
+               "--max-new-tokens", "0", "--device", "cpu"]
+    quiet = subprocess.run(command + ["--output", str(tmp_path / "q")], capture_output=True, text=True, check=True)
+    assert "Warning" not in quiet.stderr and "Loading weights" not in quiet.stderr, quiet.stderr
+    assert "evaluated 3 examples" in quiet.stdout
+    verbose = subprocess.run(command + ["--output", str(tmp_path / "v"), "--verbose"], capture_output=True, text=True,
+                             check=True)
+    assert "Loading weights" in verbose.stderr  # the switch does something: the libraries' own bars come back
 
 
 def test_contract_flags_parse():

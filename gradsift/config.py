@@ -1,0 +1,138 @@
+"""The typed settings of every stage, one dataclass each; the command line's flags are their fields
+(help strings and defaults included). Kept free of torch and transformers so that ``gradsift --help``
+and configuration checks answer at once; each stage module re-exports its own config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import DataError
+from .files import file_sha256
+
+AdamForm = Literal["corrected", "less"]  # gradsift.features.adam_update
+ProjectionKind = Literal["dense", "sparse", "kronecker"]  # gradsift.projection.PROJECTORS
+Aggregate = Literal["subtask-mean-max", "mean", "max"]  # gradsift.scoring.aggregate
+MethodName = Literal["less", "random", "bm25", "rds", "full"]  # gradsift.methods.METHODS
+
+
+# -- training (warmup and train) -------------------------------------------------------------------
+@dataclass(kw_only=True)
+class TrainingArguments:
+    """The settings of the training loop; defaults are the LESS paper's (warmup and fine-tuning alike)."""
+
+    epochs: int = field(default=4, metadata={"help": "epochs; one checkpoint per epoch"})
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=512.0, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={"help": "modules given LoRA"}
+    )
+    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate (linear decay)"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear LR warmup"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    batch_size: int = field(default=128, metadata={"help": "examples per optimizer step"})
+    micro_batch_size: int = field(default=8, metadata={"help": "examples per forward/backward pass"})
+    max_length: int = field(default=2048, metadata={"help": "truncate examples to this many tokens"})
+    seed: int = field(default=0, metadata={"help": "seed for the sample, the LoRA init, the data order and dropout"})
+    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+
+    def fingerprint(self) -> dict:
+        """The settings that must agree for a resumed run to continue this one."""
+        d = {k: ([str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
+             for k, v in asdict(self).items()}
+        for volatile in ("output", "device", "micro_batch_size"):
+            d.pop(volatile, None)
+        return d
+
+
+@dataclass
+class WarmupConfig(TrainingArguments):
+    model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
+    train: list[Path] = field(metadata={"help": "pool files (JSON Lines, JSON array or Parquet); the warmup samples from their union"})
+    output: Path = field(metadata={"help": "run folder to write"})
+    fraction: float = field(default=0.05, metadata={"help": "fraction of the pool to warm up on"})
+
+
+@dataclass
+class TrainConfig(TrainingArguments):
+    model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
+    data: list[Path] = field(metadata={"help": "records files to train on (e.g. a selection's selected.jsonl)"})
+    output: Path = field(metadata={"help": "folder for the run and the final adapter (or model, with --full)"})
+    full: bool = field(default=False, metadata={"help": "fine-tune every weight instead of a LoRA adapter"})
+
+    def fingerprint(self) -> dict:
+        """A fine-tuning run is identified by the content it trains on, not by where that file lies:
+        moved records still resume, edited ones do not."""
+        missing = [p for p in self.data if not Path(p).is_file()]
+        if missing:
+            raise DataError(missing[0], 0, "no such data file")
+        return {**super().fingerprint(), "data": [file_sha256(p) for p in self.data]}
+
+
+# -- build -----------------------------------------------------------------------------------------
+@dataclass
+class BuildConfig:
+    run: Path = field(metadata={"help": "warmup run folder (from `gradsift warmup`)"})
+    data: list[Path] = field(metadata={"help": "data files (JSON Lines, JSON array or Parquet) to compute features for"})
+    output: Path = field(metadata={"help": "store folder to write (resumed if it holds the same build)"})
+    gradient: Literal["adam", "sgd"] = field(default="adam", metadata={"help": "adam for the pool, sgd for targets"})
+    adam_form: AdamForm = field(default="corrected", metadata={
+        "help": "corrected: bias-corrected Adam update; less: the reference code's formula"})
+    projection: ProjectionKind = field(default="sparse", metadata={
+        "help": "sparse: sparse JL (default: as faithful as dense, 8x faster on a CPU); dense: Rademacher JL "
+                "(the reference); kronecker: per-parameter two-sided"})
+    dim: int = field(default=8192, metadata={"help": "projected dimensions"})
+    seed: int = field(default=0, metadata={"help": "projection seed (the same for every store to compare)"})
+    max_length: int | None = field(default=None, metadata={"help": "truncate to this many tokens (default: the run's)"})
+    batch_size: int = field(default=16, metadata={"help": "examples per batched backward pass"})
+    chunk_size: int = field(default=256, metadata={"help": "rows committed to disk at a time"})
+    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+
+
+# -- select ----------------------------------------------------------------------------------------
+@dataclass
+class SelectConfig:
+    output: Path = field(metadata={"help": "folder for selected.jsonl, scores.csv, summary.json"})
+    method: MethodName = field(default="less", metadata={
+        "help": "less: gradient stores (--train-store, --target-store); random, bm25, rds (needs --model), full: "
+                "records files (--pool, --target)"})
+    train_store: Path | None = field(default=None, metadata={"help": "less: gradient store of the pool (--gradient adam)"})
+    target_store: list[Path] | None = field(default=None, metadata={
+        "help": "less: gradient stores of the targets (--gradient sgd); several give one selection each"})
+    pool: list[Path] | None = field(default=None, metadata={"help": "random/bm25/rds/full: pool records files"})
+    target: list[Path] | None = field(default=None, metadata={
+        "help": "random/bm25/rds/full: the target's records files (one target; subtask = record field or file)"})
+    model: str | None = field(default=None, metadata={"help": "rds: the selector model whose hidden states are compared"})
+    fraction: float | None = field(default=0.05, metadata={"help": "fraction of the pool to select"})
+    count: int | None = field(default=None, metadata={"help": "number of examples to select (overrides --fraction)"})
+    aggregate: Aggregate = field(default="subtask-mean-max", metadata={
+        "help": "subtask-mean-max (paper): mean per subtask, max over subtasks; or mean, max"})
+    seed: int = field(default=0, metadata={"help": "random: the seed of the draw"})
+    max_length: int = field(default=1024, metadata={"help": "rds: truncate examples to this many tokens"})
+    batch_size: int = field(default=16, metadata={"help": "rds: examples per forward pass"})
+    device: str = field(default="auto", metadata={"help": "rds: auto, cpu, cuda, ..."})
+    chunk_rows: int = field(default=16384, metadata={"help": "pool rows scored at a time (bounds memory)"})
+    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
+
+
+# -- evaluate --------------------------------------------------------------------------------------
+@dataclass
+class EvaluateConfig:
+    model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
+    data: list[Path] = field(metadata={"help": "held-out test files (JSON Lines, JSON array or Parquet); records "
+                                               "with 'choices' are scored by likelihood, others by generation"})
+    output: Path = field(metadata={"help": "folder to write summary.json and examples.jsonl to"})
+    adapter: Path | None = field(default=None, metadata={
+        "help": "peft adapter folder (adapter_config.json + adapter_model.safetensors), e.g. from `gradsift train`"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward or generation pass"})
+    max_length: int = field(default=1024, metadata={"help": "truncate examples to this many tokens"})
+    max_new_tokens: int = field(default=64, metadata={
+        "help": "greedy generation budget for records without choices; 0: no generation (no accuracy for them)"})
+    skip_bad_records: bool = field(default=False, metadata={
+        "help": "skip malformed records (counted) instead of failing"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
