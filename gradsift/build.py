@@ -32,6 +32,9 @@ def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, project
               files, bad, index) -> dict:
     names = hashlib.blake2b("\n".join(f"{n}:{s}" for n, s in zip(grads.names, grads.shapes)).encode(), digest_size=16)
     total_lr = sum(c.lr for c in run.checkpoints)
+    if not total_lr > 0:
+        raise StoreMismatchError(f"warmup run {run.path}: every checkpoint trained at learning rate 0, so none can "
+                                 "weigh the scores; warm up again with a positive --learning-rate")
     statuses = [ref.status for ref in index]
     return {
         "model": {"name": run.model.name, "fingerprint": run.model.fingerprint},

@@ -179,6 +179,16 @@ def _restore(model, optimizer, checkpoint: Checkpoint, full: bool) -> None:
         offset += n
 
 
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (from 0) as a fraction of the peak: a linear rise over
+    ``warmup_steps`` steps, then a linear decay towards 0 at ``total_steps``. Unlike transformers' linear
+    schedule, the rise starts at 1/warmup_steps, not at 0: a step at learning rate 0 trains nothing, and a
+    warmup whose steps all fell inside the rise would leave checkpoints that cannot weigh any score."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
 def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], output: Path, *,
               fraction: float = 1.0, full: bool = False, keep_optimizer_states: bool = True) -> Run:
     """Train on a seeded ``fraction`` of the usable examples of ``data`` (LoRA, or every weight if
@@ -186,7 +196,6 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     Without ``keep_optimizer_states`` only the last checkpoint keeps its optimizer state (enough to
     resume; gradient features need them all)."""
     from peft import get_peft_model
-    from transformers import get_linear_schedule_with_warmup
 
     output = Path(output)
     fingerprint = settings.fingerprint()
@@ -223,7 +232,8 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(encoded) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * total), total)
+    warmup_steps = math.ceil(settings.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: learning_rate_factor(k, warmup_steps, total))
 
     run = existing or Run(output, uuid.uuid4().hex, info, fingerprint, [], False)
     output.mkdir(parents=True, exist_ok=True)

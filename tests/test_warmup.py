@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
 import gradsift.training as warmup_module
-from gradsift.errors import ConfigError
-from gradsift.training import Run
+from gradsift.build import BuildConfig, build
+from gradsift.errors import ConfigError, StoreMismatchError
+from gradsift.training import Run, learning_rate_factor
 from gradsift.warmup import WarmupConfig, warmup
 
 N_EXAMPLES = 18  # 5 steps of 4 per epoch, the last one partial
@@ -40,27 +41,42 @@ def full_run(tiny_model_dir, pool, tmp_path_factory):
 
 
 def expected_epoch_lrs(config: dict, n_examples: int) -> list[float]:
-    """Mean LR of each epoch's optimizer steps, from transformers' schedule, recomputed here."""
+    """Mean LR of each epoch's optimizer steps, by hand: step k (from 0) of T with W warmup steps trains at
+    peak * (k+1)/W while k < W, then at peak * (T-k)/(T-W)."""
     steps_per_epoch = math.ceil(n_examples / config["batch_size"])
     total = steps_per_epoch * config["epochs"]
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=config["learning_rate"])
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config["warmup_ratio"] * total), total)
-    lrs = []
-    for _ in range(total):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    warm = math.ceil(config["warmup_ratio"] * total)
+    lrs = [config["learning_rate"] * ((k + 1) / warm if k < warm else (total - k) / (total - warm)) for k in range(total)]
     return [sum(lrs[e * steps_per_epoch: (e + 1) * steps_per_epoch]) / steps_per_epoch
             for e in range(config["epochs"])]
+
+
+def test_the_schedule_is_transformers_linear_one_without_its_step_at_lr_0():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for warm, total in [(0, 5), (1, 1), (2, 2), (3, 10), (1, 7)]:
+        theirs = get_linear_schedule_with_warmup(optimizer, warm, total).lr_lambdas[0]
+        ours = [learning_rate_factor(k, warm, total) for k in range(total)]
+        assert all(f > 0 for f in ours)  # every optimizer step trains; theirs(0) is 0 whenever warm > 0
+        assert ours[warm - 1: warm] in ([], [1.0])  # the rise ends at the peak
+        if warm < total:  # the rise is theirs one step early; the decay is theirs
+            assert ours == pytest.approx([theirs(k + 1) if k < warm else theirs(k) for k in range(total)])
+
+
+def test_a_warmup_inside_the_lr_ramp_still_trains_and_lr_0_is_a_one_line_error(tiny_model_dir, pool, tmp_path):
+    # one optimizer step, all of it inside the LR warmup: transformers' schedule would train it at LR 0
+    short = warmup(make_config(tiny_model_dir, pool, tmp_path / "short", epochs=1, batch_size=64, warmup_ratio=0.5))
+    assert len(short.checkpoints) == 1 and short.checkpoints[0].lr == pytest.approx(5e-3)
+    zero = warmup(make_config(tiny_model_dir, pool, tmp_path / "zero", epochs=1, batch_size=64, learning_rate=0.0))
+    with pytest.raises(StoreMismatchError, match="learning rate 0"):
+        build(BuildConfig(run=zero.path, data=[pool], output=tmp_path / "store", dim=64, device="cpu"))
 
 
 def test_checkpoint_lr_is_mean_of_the_epochs_schedule(full_run):
     run = Run.open(full_run.path)
     expected = expected_epoch_lrs(run.config, N_EXAMPLES)
     assert [c.lr for c in run.checkpoints] == pytest.approx(expected, rel=1e-9)
-    # the warmup ramp makes epoch 1 lower than epoch 2, then it decays
-    assert run.checkpoints[0].lr < run.checkpoints[1].lr > run.checkpoints[2].lr > 0
+    # the warmup ramp keeps epoch 1 below the peak, then the LR decays
+    assert run.config["learning_rate"] > run.checkpoints[0].lr > run.checkpoints[1].lr > run.checkpoints[2].lr > 0
 
 
 def test_one_checkpoint_per_epoch_with_adapter_and_named_optimizer_state(full_run):
