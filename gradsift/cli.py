@@ -1,4 +1,4 @@
-"""Command line: ``gradsift warmup | build | select | train | evaluate | experiment | report | run | demo``. Each subcommand maps one-to-one onto
+"""Command line: ``gradsift warmup | build | select | train | evaluate | experiment | report | inspect | run | demo``. Each subcommand maps one-to-one onto
 a stage's config dataclass, whose field help strings and defaults are the flags' help and defaults."""
 
 from __future__ import annotations
@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", help="DIR/report.html for a selection or an experiment folder")
     p.add_argument("dir", type=Path, help="a selection folder (from select) or an experiment folder")
 
+    p = command("inspect", help="what a store, run, selection, evaluation or experiment folder holds; --verify: intact?")
+    p.add_argument("path", type=Path, help="a folder written by gradsift")
+    p.add_argument("--verify", action="store_true", help="recompute the checksums of its files and of the files it "
+                   "read; exit 1 naming any file that is missing or changed")
+
     p = command("run", help="the whole pipeline from one YAML config file")
     p.add_argument("config", type=Path, help="pipeline YAML (see gradsift.pipeline)")
 
@@ -154,6 +159,19 @@ def main(argv: list[str] | None = None) -> int:
             from .report import write_report
 
             print(f"report: {write_report(args.dir)}")
+        elif args.command == "inspect":
+            from .inspection import inspect, print_inspection
+
+            found = inspect(args.path, args.verify)
+            print_inspection(found[0])
+            problems = [p for f in found for p in f.problems]
+            for problem in problems:
+                print(f"gradsift inspect: {problem}", file=sys.stderr)
+            if args.verify:
+                checked = sum(f.verified for f in found)
+                print(f"verify: {checked} files match their checksums, {len(problems)} problems"
+                      + (f" (in {len(found)} folders)" if len(found) > 1 else ""))
+            return 1 if problems else 0
         elif args.command == "run":
             from .pipeline import load_pipeline, run_pipeline
             from .report import print_selection

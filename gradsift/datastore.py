@@ -9,6 +9,8 @@ On disk (format version ``STORE_FORMAT``)::
       features/<checkpoint>.npy  (rows, dim) float16, L2-normalised rows, memory-mappable
       progress.json            rows committed per checkpoint (rows are committed in order)
 
+Once complete, the manifest records the sha256 of the index and of every feature file (``checksums``).
+
 Rows follow the data files in the order given, records in file order. A row whose status is not
 "ok" stays all-zero and is never scored. Only this class reads or writes these files.
 """
@@ -23,7 +25,7 @@ import numpy as np
 
 from .data import ExampleRef
 from .errors import ConfigError, StoreMismatchError
-from .files import atomic_write_bytes, atomic_write_json, read_json
+from .files import atomic_write_bytes, atomic_write_json, checksums, read_json
 
 STORE_FORMAT = 1
 FEATURE_DTYPE = np.float16
@@ -115,7 +117,12 @@ class GradientStore:
         if short:
             raise RuntimeError(f"{self.path}: cannot finish, checkpoints not fully written: {short}")
         self.manifest["status"] = "complete"
+        self.manifest["checksums"] = checksums(self.path, self.stored_files())
         atomic_write_json(self.path / "manifest.json", self.manifest)
+
+    def stored_files(self) -> list[str]:
+        """The store's data files, relative to its folder: the index and one feature file per checkpoint."""
+        return ["index.jsonl"] + [str(self._feature_path(Path(), c["name"])) for c in self.checkpoints]
 
     # -- comparing -------------------------------------------------------------------------------
     def check_comparable(self, other: "GradientStore") -> None:

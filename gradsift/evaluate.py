@@ -13,6 +13,7 @@ label_tokens, loss, kind, prediction, reference, correct).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -364,12 +365,14 @@ def _evaluate(config: EvaluateConfig) -> dict:
         "model": config.model,
         "adapter": str(config.adapter) if config.adapter is not None else None,
         "data": [f.path for f in files],
+        "file_sha256": {f.path: f.sha256 for f in files},
         "max_length": config.max_length,
         "max_new_tokens": config.max_new_tokens,
         "bad_records": [asdict(b) for b in bad],
     }
     output = Path(config.output)
-    atomic_write_bytes(output / "examples.jsonl",
-                       b"".join(json.dumps(e.row(), ensure_ascii=False).encode() + b"\n" for e in examples))
-    atomic_write_json(output / "summary.json", summary)
+    rows = b"".join(json.dumps(e.row(), ensure_ascii=False).encode() + b"\n" for e in examples)
+    summary["checksums"] = {"examples.jsonl": hashlib.sha256(rows).hexdigest()}
+    atomic_write_bytes(output / "examples.jsonl", rows)
+    atomic_write_json(output / "summary.json", summary)  # last: its presence says the evaluation is whole
     return summary

@@ -45,3 +45,9 @@ def file_sha256(path: Path) -> str:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
+
+
+def checksums(folder: Path, names) -> dict[str, str]:
+    """sha256 of each named file of FOLDER, keyed by its name: what a finished stage records of its own
+    outputs so that ``gradsift inspect --verify`` can tell later whether they are still what was written."""
+    return {name: file_sha256(Path(folder) / name) for name in names}

@@ -11,6 +11,7 @@ pass over the pool.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections import Counter
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
 def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, subtasks: list[str] | None) -> None:
     index = pool.refs
     records = read_records([index[i] for i in sel.selected])
-    atomic_write_bytes(sel.output / "selected.jsonl", b"".join(r + b"\n" for r in records))
+    outputs = {"selected.jsonl": b"".join(r + b"\n" for r in records)}
 
     ranks = np.zeros(len(index), dtype=np.int64)
     ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
@@ -125,7 +126,9 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         writer.writerow([ref.file, ref.line, ref.id, ref.source, f"{sel.scores[i]:.7g}" if ok else "",
                          ranks[i] if ok else "", int(ok and ranks[i] <= sel.count), "ok" if ok else ref.status,
                          subtasks[i] if subtasks and ok else "", ref.chars])
-    atomic_write_bytes(sel.output / "scores.csv", text.getvalue().encode())
+    outputs["scores.csv"] = text.getvalue().encode()
+    for name, data in outputs.items():
+        atomic_write_bytes(sel.output / name, data)
 
     pool_sources = Counter(ref.source for ref in index)
     picked_sources = Counter(index[i].source for i in sel.selected)
@@ -137,6 +140,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         "aggregate": method.settings().get("aggregate"),
         "pool_files": pool.files,
         "target_files": target.files,
+        "file_sha256": {**pool.file_sha256, **target.file_sha256},
         "pool": {"examples": len(index), "scored": int(sel.scored.sum()),
                  "skipped": {"no_label_tokens": int((~sel.scored).sum()), "bad_records": pool.bad_records}},
         "selected": len(sel.selected),
@@ -149,6 +153,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
                    "threshold": float(sel.scores[sel.selected[-1]])},
         "target_examples": {"usable": len(target.refs), "skipped": target.skipped,
                             "subtasks": dict(sorted(Counter(target.subtasks).items()))},
+        "checksums": {name: hashlib.sha256(data).hexdigest() for name, data in outputs.items()},
     }
     if pool.store is not None:
         summary |= {"pool_store": str(pool.store.path), "target_store": str(target.store.path),

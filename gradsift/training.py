@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from .config import TrainingArguments
 from .data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss
 from .errors import ConfigError
 from .features import AdamState
-from .files import atomic_write_json, read_json
+from .files import atomic_write_json, checksums, read_json
 from .models import ModelInfo, load_model, pick_device
 
 RUN_FORMAT = 1
@@ -77,6 +77,7 @@ class Run:
     config: dict
     checkpoints: list[Checkpoint]
     complete: bool
+    data_files: list[dict] = field(default_factory=list)  # what it trained on: path, sha256, records
 
     @classmethod
     def open(cls, path: Path) -> "Run":
@@ -88,7 +89,8 @@ class Run:
             Checkpoint(path / c["name"], c["epoch"], c["step"], c["lr"], tuple(c["betas"]), c["eps"])
             for c in meta["checkpoints"]
         ]
-        return cls(path, meta["id"], ModelInfo(**meta["model"]), meta["config"], checkpoints, meta["complete"])
+        return cls(path, meta["id"], ModelInfo(**meta["model"]), meta["config"], checkpoints, meta["complete"],
+                   meta.get("data_files", []))
 
     @property
     def full(self) -> bool:
@@ -102,6 +104,7 @@ class Run:
             "model": asdict(self.model),
             "config": self.config,
             "complete": self.complete,
+            "data_files": self.data_files,
             "checkpoints": [
                 {"name": c.path.name, "epoch": c.epoch, "step": c.step, "lr": c.lr, "betas": list(c.betas), "eps": c.eps}
                 for c in self.checkpoints
@@ -152,11 +155,20 @@ def _save_checkpoint(run: Run, model, optimizer, epoch: int, step: int, lr: floa
     save_file(state, tmp / "optimizer.safetensors")
     betas, eps = tuple(group["betas"]), group["eps"]
     atomic_write_json(tmp / "state.json", {"epoch": epoch, "step": step, "lr": lr, "betas": list(betas), "eps": eps,
-                                           "weight_decay": group["weight_decay"]})
+                                           "weight_decay": group["weight_decay"],
+                                           "checksums": checksums(tmp, sorted(p.name for p in tmp.iterdir()))})
     if final.exists():  # a leftover of an interrupted save that never reached run.json
         shutil.rmtree(final)
     tmp.rename(final)
     return Checkpoint(final, epoch, step, lr, betas, eps)
+
+
+def _drop_optimizer_state(checkpoint: Checkpoint) -> None:
+    """Delete a checkpoint's optimizer file (only needed to resume from it) and its checksum."""
+    state = read_json(checkpoint.path / "state.json")
+    state.get("checksums", {}).pop("optimizer.safetensors", None)
+    atomic_write_json(checkpoint.path / "state.json", state)
+    (checkpoint.path / "optimizer.safetensors").unlink(missing_ok=True)
 
 
 def _restore(model, optimizer, checkpoint: Checkpoint, full: bool) -> None:
@@ -212,7 +224,7 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     if existing is not None and existing.model.fingerprint != info.fingerprint:
         raise ConfigError(f"{output} was trained from another model ({existing.model.name})")
     encoder = ChatEncoder(tokenizer, settings.max_length)
-    examples, bad, _ = index_examples(data, encoder, settings.skip_bad_records)
+    examples, bad, files = index_examples(data, encoder, settings.skip_bad_records)
     usable = [e for e in examples if e.label_tokens > 0]
     if bad or len(usable) < len(examples):
         print(f"train: skipped {len(bad)} malformed records and {len(examples) - len(usable)} without label tokens")
@@ -235,7 +247,7 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     warmup_steps = math.ceil(settings.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: learning_rate_factor(k, warmup_steps, total))
 
-    run = existing or Run(output, uuid.uuid4().hex, info, fingerprint, [], False)
+    run = existing or Run(output, uuid.uuid4().hex, info, fingerprint, [], False, [asdict(f) for f in files])
     output.mkdir(parents=True, exist_ok=True)
     if run.checkpoints:
         _restore(model, optimizer, run.checkpoints[-1], full)
@@ -270,7 +282,7 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
         run.checkpoints.append(_save_checkpoint(run, model, optimizer, epoch, step_count, float(np.mean(lrs))))
         run.save()
         if not keep_optimizer_states and len(run.checkpoints) > 1:
-            (run.checkpoints[-2].path / "optimizer.safetensors").unlink(missing_ok=True)
+            _drop_optimizer_state(run.checkpoints[-2])
     run.complete = True
     run.save()
     return run

@@ -16,7 +16,7 @@ from gradsift.pipeline import load_pipeline
 from conftest import chat_records, write_jsonl
 
 
-COMMANDS = ("warmup", "build", "select", "train", "evaluate", "experiment", "report", "run", "demo")
+COMMANDS = ("warmup", "build", "select", "train", "evaluate", "experiment", "report", "inspect", "run", "demo")
 
 
 def test_help_lists_every_command(capsys):

@@ -19,7 +19,7 @@ from gradsift.models import load_model
 EXAMPLE_FIELDS = {"file", "line", "id", "subtask", "status", "label_tokens", "loss", "kind", "prediction",
                   "reference", "correct"}
 SUMMARY_FIELDS = {"loss", "accuracy", "examples", "scored", "accuracy_examples", "skipped", "by_subtask", "model",
-                  "adapter", "data", "max_length", "max_new_tokens", "bad_records"}
+                  "adapter", "data", "max_length", "max_new_tokens", "bad_records", "file_sha256", "checksums"}
 
 
 def chat(user: str, assistant: str, **extra) -> dict:

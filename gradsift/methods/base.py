@@ -26,11 +26,15 @@ def subtask_of(ref: ExampleRef) -> str:
     return ref.subtask or Path(ref.file).stem
 
 
+def _store_files(store: GradientStore) -> dict[str, str]:
+    return {f["path"]: f["sha256"] for f in store.manifest["files"]}
+
+
 @dataclass
 class Pool:
     refs: list[ExampleRef]
     scorable: np.ndarray  # (rows,) bool: rows a method may score and select
-    files: list[str]
+    file_sha256: dict[str, str]  # the records files, in order, with their content hashes
     bad_records: int = 0
     store: GradientStore | None = None  # the gradient store the rows come from (less)
 
@@ -40,19 +44,22 @@ class Pool:
         refs, bad, files = index_examples(paths, None, skip_bad)
         if not refs:
             raise ConfigError(f"no pool records in {[str(p) for p in paths]}")
-        return cls(refs, np.ones(len(refs), bool), [f.path for f in files], len(bad))
+        return cls(refs, np.ones(len(refs), bool), {f.path: f.sha256 for f in files}, len(bad))
 
     @classmethod
     def from_store(cls, store: GradientStore) -> "Pool":
-        return cls(store.index, store.ok_mask(), [f["path"] for f in store.manifest["files"]],
-                   store.manifest["counts"]["bad_records"], store)
+        return cls(store.index, store.ok_mask(), _store_files(store), store.manifest["counts"]["bad_records"], store)
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.file_sha256)
 
 
 @dataclass
 class Target:
     name: str
     refs: list[ExampleRef]  # the usable target examples
-    files: list[str]
+    file_sha256: dict[str, str]  # the records files, in order, with their content hashes
     skipped: int = 0
     store: GradientStore | None = None  # less: the target's gradient store (refs are its "ok" rows)
 
@@ -65,15 +72,19 @@ class Target:
         refs, _, files = index_examples(paths, None, skip_bad)
         if not refs:
             raise ConfigError(f"target {name!r} has no records in {[str(p) for p in paths]}")
-        return cls(name, refs, [f.path for f in files])
+        return cls(name, refs, {f.path: f.sha256 for f in files})
 
     @classmethod
     def from_store(cls, store: GradientStore) -> "Target":
         ok = store.ok_mask()
         if not ok.any():
             raise ConfigError(f"target store {store.path} has no usable example (all without label tokens)")
-        return cls(store.name, [r for r, keep in zip(store.index, ok) if keep],
-                   [f["path"] for f in store.manifest["files"]], int((~ok).sum()), store)
+        return cls(store.name, [r for r, keep in zip(store.index, ok) if keep], _store_files(store), int((~ok).sum()),
+                   store)
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.file_sha256)
 
 
 @dataclass
