@@ -25,6 +25,7 @@ import numpy as np
 
 from .data import ExampleRef
 from .errors import ConfigError, StoreMismatchError
+from .faults import stop_point
 from .files import atomic_write_bytes, atomic_write_json, checksums, read_json
 
 STORE_FORMAT = 1
@@ -108,8 +109,10 @@ class GradientStore:
         features[start: start + len(rows)] = rows.astype(FEATURE_DTYPE)
         features.flush()
         del features
+        stop_point("store:rows-written")  # on disk, not yet committed
         progress[checkpoint] = start + len(rows)
         atomic_write_json(self.path / "progress.json", progress)
+        stop_point("store:rows-committed")
 
     def finish(self) -> None:
         progress = self.committed()

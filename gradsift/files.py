@@ -5,8 +5,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from .faults import stop_point
+
+
+# In the name of every temporary file or folder a stage writes before renaming it into place: what a
+# killed writer leaves behind, removed by the next writer of the folder (``remove_partial_writes``).
+PARTIAL = ".gradsift-tmp-"
+
+
+def partial_name(name: str) -> str:
+    return f".{name}{PARTIAL}"
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files and folders a killed writer left in FOLDER and its direct subfolders
+    (run by the folder's lock holder: no live writer owns them)."""
+    found = sorted(set(Path(folder).glob(f"*{PARTIAL}*")) | set(Path(folder).glob(f"*/*{PARTIAL}*")))
+    for path in found:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return found
 
 
 def _umask() -> int:
@@ -18,17 +39,26 @@ def _umask() -> int:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=partial_name(path.name))
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: outputs get the mode any new file would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        stop_point(f"replace:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_copy(source: Path, path: Path) -> None:
+    """Copy SOURCE to PATH through a temporary file and a rename (PATH is whole or absent)."""
+    tmp = path.parent / f"{partial_name(path.name)}copy"
+    shutil.copyfile(source, tmp)
+    stop_point(f"replace:{path.name}")
+    os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj) -> None:

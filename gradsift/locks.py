@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import GradsiftError
+from .files import remove_partial_writes
 
 LOCK_NAME = ".gradsift.lock"
 
@@ -71,6 +72,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
         if left:
             print(f"gradsift: took over the lock of {folder} left by {_describe(left)}, which is no longer running",
                   file=sys.stderr)
+        remove_partial_writes(folder)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv and sys.argv[0] else "python"}
         os.ftruncate(fd, 0)

@@ -10,12 +10,12 @@ or, with ``--full``, a model folder with its tokenizer for ``gradsift evaluate -
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from .config import TrainConfig
+from .files import atomic_copy, partial_name
 from .locks import folder_lock
 from .training import Run, train_run
 
@@ -41,12 +41,10 @@ def _export_final(run: Run) -> None:
     if run.full:
         from transformers import AutoTokenizer
 
-        tokenizer_dir = Path(tempfile.mkdtemp(dir=run.path, prefix=".tmp-tokenizer-"))
+        tokenizer_dir = Path(tempfile.mkdtemp(dir=run.path, prefix=partial_name("tokenizer")))
         AutoTokenizer.from_pretrained(run.model.path).save_pretrained(tokenizer_dir)
         files = list(sorted(tokenizer_dir.iterdir())) + files
     for src in sorted(files, key=lambda p: p.name == names[-1]):
-        tmp = run.path / f".{src.name}.tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, run.path / src.name)
+        atomic_copy(src, run.path / src.name)
     if run.full:
         shutil.rmtree(tokenizer_dir)

@@ -17,6 +17,7 @@ last complete epoch to the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -34,7 +35,8 @@ from .config import TrainingArguments
 from .data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss
 from .errors import ConfigError
 from .features import AdamState
-from .files import atomic_write_json, checksums, read_json
+from .faults import stop_point
+from .files import atomic_write_json, checksums, partial_name, read_json
 from .models import ModelInfo, load_model, pick_device
 
 RUN_FORMAT = 1
@@ -150,8 +152,9 @@ def _save_checkpoint(run: Run, model, optimizer, epoch: int, step: int, lr: floa
     adam_steps = {int(optimizer.state[p]["step"]) for _, p in params}
     assert adam_steps == {step}, f"Adam step counts {adam_steps} differ from the run's {step}"
     final = run.path / f"checkpoint-{step}"
-    tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".tmp-checkpoint-"))
+    tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=partial_name(final.name)))
     model.save_pretrained(tmp)
+    _canonical_adapter_config(tmp / "adapter_config.json")
     save_file(state, tmp / "optimizer.safetensors")
     betas, eps = tuple(group["betas"]), group["eps"]
     atomic_write_json(tmp / "state.json", {"epoch": epoch, "step": step, "lr": lr, "betas": list(betas), "eps": eps,
@@ -161,6 +164,17 @@ def _save_checkpoint(run: Run, model, optimizer, epoch: int, step: int, lr: floa
         shutil.rmtree(final)
     tmp.rename(final)
     return Checkpoint(final, epoch, step, lr, betas, eps)
+
+
+def _canonical_adapter_config(path: Path) -> None:
+    """peft writes ``target_modules`` from a set, in an order that varies from process to process (string
+    hashing is seeded per process): sorted, a resumed run's checkpoints equal an uninterrupted one's."""
+    if not path.exists():  # full fine-tuning: no adapter
+        return
+    config = read_json(path)
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def _drop_optimizer_state(checkpoint: Checkpoint) -> None:
@@ -277,10 +291,13 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            stop_point("train:step")
             bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lrs[-1]:.2e}")
         step_count = epoch * steps_per_epoch
         run.checkpoints.append(_save_checkpoint(run, model, optimizer, epoch, step_count, float(np.mean(lrs))))
+        stop_point("train:checkpoint-saved")  # the checkpoint folder is whole, run.json does not list it yet
         run.save()
+        stop_point("train:epoch-done")
         if not keep_optimizer_states and len(run.checkpoints) > 1:
             _drop_optimizer_state(run.checkpoints[-2])
     run.complete = True

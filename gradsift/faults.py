@@ -1,0 +1,28 @@
+"""Named points where a test can kill gradsift as a crash would: ``GRADSIFT_STOP_AT=NAME`` (or
+``NAME@N`` for its Nth visit) makes the process SIGKILL itself there, with no cleanup of any kind.
+
+The crash tests use it to stop a real command at chosen moments (inside a chunk, between chunks,
+between a temporary file's write and its rename, mid-epoch) without timing guesses. Unset, a point
+costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+STOP_ENV = "GRADSIFT_STOP_AT"
+_visits: Counter = Counter()
+
+
+def stop_point(name: str) -> None:
+    wanted = os.environ.get(STOP_ENV)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition("@")
+    if point != name:
+        return
+    _visits[name] += 1
+    if _visits[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
