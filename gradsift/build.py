@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import AdamForm, BuildConfig
-from .data import ChatEncoder, collate, encode_refs, index_examples
+from .data import ChatEncoder, collate, encode_refs, index_examples, print_skips
 from .datastore import GradientStore
 from .errors import ConfigError, StoreMismatchError
 from .features import AdamState, normalize_rows
@@ -82,6 +82,9 @@ def _build_together(configs: list[BuildConfig]) -> list[GradientStore]:
     run = Run.open(config.run)
     if not run.complete:
         raise StoreMismatchError(f"warmup run {run.path} is not complete; finish it with `gradsift warmup`")
+    if config.gradient == "adam":
+        for checkpoint in run.checkpoints:
+            checkpoint.require_adam_state()
     device = pick_device(config.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = run.load_model(device, dtype)
@@ -98,7 +101,7 @@ def _build_together(configs: list[BuildConfig]) -> list[GradientStore]:
         todo = [k for k, store in enumerate(stores) if not store.complete]
         if not todo:
             return stores
-        _report_skips(manifests[0])
+        _report_skips(manifests[0], Path(configs[0].output))
         done = {k: stores[k].committed() for k in todo}
         names = " + ".join(stores[k].name for k in todo)
         bar = tqdm(total=len(index) * len(run.checkpoints),
@@ -172,8 +175,6 @@ def _open_or_create(path: Path, manifest: dict, index) -> GradientStore:
     return store
 
 
-def _report_skips(manifest: dict) -> None:
-    counts = manifest["counts"]
-    if counts["bad_records"] or counts["no_label_tokens"]:
-        print(f"build: {counts['bad_records']} malformed records skipped, {counts['no_label_tokens']} examples "
-              f"without label tokens (listed in manifest.json; they get no score)")
+def _report_skips(manifest: dict, store: Path) -> None:
+    print_skips("build", manifest["bad_records"], manifest["counts"]["no_label_tokens"],
+                f"{store}/manifest.json; they get no score")

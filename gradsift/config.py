@@ -9,8 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .errors import DataError
-from .files import file_sha256
+from .files import file_sha256, require_data_file
 
 AdamForm = Literal["corrected", "less"]  # gradsift.features.adam_update
 ProjectionKind = Literal["dense", "sparse", "kronecker"]  # gradsift.projection.PROJECTORS
@@ -67,9 +66,8 @@ class TrainConfig(TrainingArguments):
     def fingerprint(self) -> dict:
         """A fine-tuning run is identified by the content it trains on, not by where that file lies:
         moved records still resume, edited ones do not."""
-        missing = [p for p in self.data if not Path(p).is_file()]
-        if missing:
-            raise DataError(missing[0], 0, "no such data file")
+        for path in self.data:
+            require_data_file(Path(path).resolve())
         return {**super().fingerprint(), "data": [file_sha256(p) for p in self.data]}
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import torch
 
 from .errors import DataError
-from .files import file_sha256
+from .files import file_sha256, require_data_file
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -110,6 +110,9 @@ def to_messages(record: object) -> list[dict[str, str]]:
         )
     if not any(m["role"] == "assistant" for m in out):
         raise ValueError("no assistant message: nothing to compute a loss on")
+    for k, m in enumerate(out):
+        if m["role"] == "assistant" and not m["content"].strip():
+            raise ValueError(f"assistant message {k} is empty: nothing to compute a loss on")
     return out
 
 
@@ -172,8 +175,7 @@ def scan_file(path: Path, skip_bad: bool) -> Iterator[tuple[ExampleRef, list[dic
     """Parse every record of one file, yielding (ref, messages, None) or (ref, None, bad) when skipping.
 
     Without ``skip_bad`` a malformed record raises DataError naming the file and line."""
-    if not path.is_file():
-        raise DataError(path, 0, "no such data file")
+    require_data_file(path)
     for line, offset, raw in _iter_raw(path):
         try:
             record = json.loads(raw)
@@ -185,9 +187,11 @@ def scan_file(path: Path, skip_bad: bool) -> Iterator[tuple[ExampleRef, list[dic
                 chars=sum(len(m["content"]) for m in messages),
             )
         except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            problem = (f"not valid UTF-8: {e}" if isinstance(e, UnicodeDecodeError) else
+                       f"not valid JSON: {e}" if isinstance(e, json.JSONDecodeError) else str(e))
             if not skip_bad:
-                raise DataError(path, line, str(e)) from None
-            yield None, None, BadRecord(str(path), line, str(e))
+                raise DataError(path, line, problem) from None
+            yield None, None, BadRecord(str(path), line, problem)
             continue
         yield ref, messages, None
 
@@ -281,12 +285,19 @@ def index_examples(
     """Read, validate and tokenize every record of the files (streaming: only counts are kept).
     Without an encoder (methods that read text only) records are validated but not tokenized."""
     examples, bad, files = [], [], []
+    first_seen: dict[str, str] = {}  # id -> file:line of its first record
     for path in (Path(p).resolve() for p in paths):  # absolute: stores are read from anywhere
+        bad_before = len(bad)
         count = 0
         for ref, messages, problem in scan_file(path, skip_bad):
+            if problem is None and ref.id in first_seen:
+                problem = BadRecord(str(path), ref.line, f"duplicate id {ref.id!r} (first at {first_seen[ref.id]})")
+                if not skip_bad:
+                    raise DataError(path, ref.line, problem.problem)
             if problem is not None:
                 bad.append(problem)
                 continue
+            first_seen[ref.id] = f"{path}:{ref.line}"
             if encoder is not None:
                 try:
                     ids, labels = encoder.encode(messages)
@@ -295,8 +306,17 @@ def index_examples(
                 ref = replace(ref, tokens=len(ids), label_tokens=label_count(labels))
             examples.append(ref)
             count += 1
+        if count == 0 and len(bad) == bad_before:
+            raise DataError(path, 0, "no records (the file is empty or blank)")
         files.append(DataFile(path=str(path), sha256=file_sha256(path), records=count))
     return examples, bad, files
+
+
+def print_skips(stage: str, bad: list, no_label_tokens: int, listed_in: str) -> None:
+    """One line saying what a stage skipped, and where the skipped records are listed."""
+    if bad or no_label_tokens:
+        print(f"{stage}: skipped {len(bad)} malformed records and {no_label_tokens} without label tokens "
+              f"(listed in {listed_in})")
 
 
 def encode_refs(refs: list[ExampleRef], encoder: ChatEncoder) -> list[tuple[list[int], list[int]]]:

@@ -69,7 +69,19 @@ class GradientStore:
             index = [ExampleRef(**json.loads(line)) for line in f]
         if len(index) != manifest["rows"]:
             raise ConfigError(f"{path}: index.jsonl has {len(index)} rows, the manifest says {manifest['rows']}")
-        return cls(path, manifest, index)
+        store = cls(path, manifest, index)
+        for checkpoint in store.checkpoints:  # every feature file there, whole, with the manifest's shape
+            file = cls._feature_path(path, checkpoint["name"])
+            if not file.is_file():
+                raise ConfigError(f"{file}: feature file is missing; rebuild the store with `gradsift build`")
+            try:
+                shape = store.features(checkpoint["name"]).shape
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{file}: feature file is truncated or damaged ({e}); rebuild the store") from None
+            if shape != (len(index), manifest["projection"]["dim"]):
+                raise ConfigError(f"{file}: feature file has shape {shape}, the manifest says "
+                                  f"{(len(index), manifest['projection']['dim'])}; rebuild the store")
+        return store
 
     @staticmethod
     def _feature_path(path: Path, checkpoint: str) -> Path:
@@ -132,11 +144,9 @@ class GradientStore:
         """Refuse to compare stores whose model, run, checkpoints, projection or parameters differ."""
         differ = [k for k in COMPARABLE if self.manifest.get(k) != other.manifest.get(k)]
         if differ:
-            lines = [f"  {k}: {json.dumps(self.manifest.get(k))[:200]}  vs  {json.dumps(other.manifest.get(k))[:200]}"
-                     for k in differ]
-            raise StoreMismatchError(
-                f"stores {self.path} and {other.path} cannot be compared; they differ in:\n" + "\n".join(lines)
-            )
+            shown = "; ".join(f"{k} {json.dumps(self.manifest.get(k))[:80]} vs {json.dumps(other.manifest.get(k))[:80]}"
+                              for k in differ)
+            raise StoreMismatchError(f"stores {self.path} and {other.path} cannot be compared: they differ in {shown}")
         for store in (self, other):
             if not store.complete:
                 raise StoreMismatchError(f"store {store.path} is not complete; finish it with `gradsift build`")

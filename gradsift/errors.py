@@ -15,7 +15,7 @@ class DataError(GradsiftError):
 
     def __init__(self, path: Path | str, line: int, problem: str):
         self.path, self.line, self.problem = Path(path), line, problem
-        super().__init__(f"{path}:{line}: {problem}")
+        super().__init__(f"{path}:{line}: {problem}" if line > 0 else f"{path}: {problem}")
 
 
 class ConfigError(GradsiftError):

@@ -32,6 +32,7 @@ from .data import (
     index_examples,
     label_count,
     per_example_loss,
+    print_skips,
     read_messages,
     read_record_bytes,
     to_messages,
@@ -137,6 +138,8 @@ def _read_examples(config: EvaluateConfig, encoder: ChatEncoder):
     for ex in examples:
         if ex.ref.label_tokens == 0:
             ex.status = "no_label_tokens"  # never scored nor judged: its answer was truncated away
+    print_skips("evaluate", bad, sum(ex.status == "no_label_tokens" for ex in examples),
+                f"{config.output}/summary.json")
     return examples, bad, files
 
 

@@ -77,6 +77,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def require_data_file(path: Path) -> None:
+    """A data file given by the user must be a file: a clear error for a folder or a missing path."""
+    from .errors import DataError
+
+    if Path(path).is_dir():
+        raise DataError(path, 0, "is a directory, not a data file")
+    if not Path(path).is_file():
+        raise DataError(path, 0, "no such data file")
+
+
 def checksums(folder: Path, names) -> dict[str, str]:
     """sha256 of each named file of FOLDER, keyed by its name: what a finished stage records of its own
     outputs so that ``gradsift inspect --verify`` can tell later whether they are still what was written."""

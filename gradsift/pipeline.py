@@ -17,6 +17,7 @@ already complete with the same settings, so re-running after an interruption fin
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,11 +81,47 @@ def stage_config(cls, stage: str, values: dict, **fixed):
     if unknown:
         raise ConfigError(f"{stage}: unknown keys {sorted(unknown)}; known: {sorted(names - set(fixed))}")
     hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if not _has_type(value, hints[key]):
+            raise ConfigError(f"{stage}.{key}: {value!r} is not a {_type_name(hints[key])}")
     values = {k: ([Path(p) for p in v] if hints[k] == list[Path] and v is not None else v) for k, v in values.items()}
     try:
         return cls(**{**values, **fixed})
     except TypeError as e:
         raise ConfigError(f"{stage}: {e}") from None
+
+
+def _has_type(value, hint) -> bool:
+    """Whether a YAML value fits a config field's type (ints pass as floats, strings as paths)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is Path:
+        return isinstance(value, (str, Path))
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def read_yaml_mapping(path: Path) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import SelectConfig
-from .data import read_records
+from .data import print_skips, read_records
 from .datastore import GradientStore
 from .errors import ConfigError
 from .files import atomic_write_bytes, atomic_write_json
@@ -81,6 +81,8 @@ def select(config: SelectConfig) -> list[Selection]:
         method = make_method(config)
         pool, targets = load_inputs(config)
         outputs = [output] if len(targets) == 1 else [output / t.name for t in targets]
+        print_skips("select", pool.bad_records + [b for t in targets for b in t.bad_records], 0,
+                    " and ".join(f"{o}/summary.json" for o in outputs))
         return run_selection(method, pool, targets, outputs, config.fraction, config.count)
 
 
@@ -142,7 +144,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         "target_files": target.files,
         "file_sha256": {**pool.file_sha256, **target.file_sha256},
         "pool": {"examples": len(index), "scored": int(sel.scored.sum()),
-                 "skipped": {"no_label_tokens": int((~sel.scored).sum()), "bad_records": pool.bad_records}},
+                 "skipped": {"no_label_tokens": int((~sel.scored).sum()), "bad_records": len(pool.bad_records)}},
         "selected": len(sel.selected),
         "sources": {
             s: {"pool": n, "selected": picked_sources.get(s, 0), "pool_share": n / len(index),
@@ -153,6 +155,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
                    "threshold": float(sel.scores[sel.selected[-1]])},
         "target_examples": {"usable": len(target.refs), "skipped": target.skipped,
                             "subtasks": dict(sorted(Counter(target.subtasks).items()))},
+        "bad_records": pool.bad_records + target.bad_records,
         "checksums": {name: hashlib.sha256(data).hexdigest() for name, data in outputs.items()},
     }
     if pool.store is not None:

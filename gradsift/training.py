@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import TrainingArguments
-from .data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss
+from .data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss, print_skips
 from .errors import ConfigError
 from .features import AdamState
 from .faults import stop_point
@@ -54,10 +54,14 @@ class Checkpoint:
     def adapter_state(self) -> dict[str, torch.Tensor]:
         return load_file(self.path / "adapter_model.safetensors")
 
+    def require_adam_state(self) -> None:
+        if not (self.path / "optimizer.safetensors").is_file():
+            raise ConfigError(f"{self.path / 'optimizer.safetensors'}: optimizer state is missing (Adam features need "
+                              "it; a fine-tuning run keeps only its last)")
+
     def adam_state(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """exp_avg and exp_avg_sq flattened in the order of ``names``."""
-        if not (self.path / "optimizer.safetensors").exists():
-            raise ConfigError(f"{self.path} has no optimizer.safetensors (a fine-tuning run keeps only its last)")
+        self.require_adam_state()
         state = load_file(self.path / "optimizer.safetensors")
         missing = [n for n in names if f"exp_avg.{n}" not in state]
         if missing:
@@ -80,6 +84,7 @@ class Run:
     checkpoints: list[Checkpoint]
     complete: bool
     data_files: list[dict] = field(default_factory=list)  # what it trained on: path, sha256, records
+    bad_records: list[dict] = field(default_factory=list)  # skipped with --skip-bad-records: file, line, problem
 
     @classmethod
     def open(cls, path: Path) -> "Run":
@@ -92,7 +97,7 @@ class Run:
             for c in meta["checkpoints"]
         ]
         return cls(path, meta["id"], ModelInfo(**meta["model"]), meta["config"], checkpoints, meta["complete"],
-                   meta.get("data_files", []))
+                   meta.get("data_files", []), meta.get("bad_records", []))
 
     @property
     def full(self) -> bool:
@@ -107,6 +112,7 @@ class Run:
             "config": self.config,
             "complete": self.complete,
             "data_files": self.data_files,
+            "bad_records": self.bad_records,
             "checkpoints": [
                 {"name": c.path.name, "epoch": c.epoch, "step": c.step, "lr": c.lr, "betas": list(c.betas), "eps": c.eps}
                 for c in self.checkpoints
@@ -240,8 +246,7 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     encoder = ChatEncoder(tokenizer, settings.max_length)
     examples, bad, files = index_examples(data, encoder, settings.skip_bad_records)
     usable = [e for e in examples if e.label_tokens > 0]
-    if bad or len(usable) < len(examples):
-        print(f"train: skipped {len(bad)} malformed records and {len(examples) - len(usable)} without label tokens")
+    print_skips("train", bad, len(examples) - len(usable), f"{output}/run.json")
     if not usable:
         raise ConfigError(f"no usable training examples in {[str(p) for p in data]}")
     rng = np.random.default_rng(settings.seed)
@@ -261,7 +266,8 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     warmup_steps = math.ceil(settings.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: learning_rate_factor(k, warmup_steps, total))
 
-    run = existing or Run(output, uuid.uuid4().hex, info, fingerprint, [], False, [asdict(f) for f in files])
+    run = existing or Run(output, uuid.uuid4().hex, info, fingerprint, [], False, [asdict(f) for f in files],
+                          [asdict(b) for b in bad])
     output.mkdir(parents=True, exist_ok=True)
     if run.checkpoints:
         _restore(model, optimizer, run.checkpoints[-1], full)

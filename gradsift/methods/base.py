@@ -8,7 +8,7 @@ scores. Methods that compare each pool row with each target example (less, bm25,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Iterator
 
@@ -35,7 +35,7 @@ class Pool:
     refs: list[ExampleRef]
     scorable: np.ndarray  # (rows,) bool: rows a method may score and select
     file_sha256: dict[str, str]  # the records files, in order, with their content hashes
-    bad_records: int = 0
+    bad_records: list[dict] = field(default_factory=list)  # skipped malformed records: file, line, problem
     store: GradientStore | None = None  # the gradient store the rows come from (less)
 
     @classmethod
@@ -44,11 +44,11 @@ class Pool:
         refs, bad, files = index_examples(paths, None, skip_bad)
         if not refs:
             raise ConfigError(f"no pool records in {[str(p) for p in paths]}")
-        return cls(refs, np.ones(len(refs), bool), {f.path: f.sha256 for f in files}, len(bad))
+        return cls(refs, np.ones(len(refs), bool), {f.path: f.sha256 for f in files}, [asdict(b) for b in bad])
 
     @classmethod
     def from_store(cls, store: GradientStore) -> "Pool":
-        return cls(store.index, store.ok_mask(), _store_files(store), store.manifest["counts"]["bad_records"], store)
+        return cls(store.index, store.ok_mask(), _store_files(store), store.manifest["bad_records"], store)
 
     @property
     def files(self) -> list[str]:
@@ -60,7 +60,8 @@ class Target:
     name: str
     refs: list[ExampleRef]  # the usable target examples
     file_sha256: dict[str, str]  # the records files, in order, with their content hashes
-    skipped: int = 0
+    skipped: int = 0  # usable records without label tokens (less)
+    bad_records: list[dict] = field(default_factory=list)  # skipped malformed records: file, line, problem
     store: GradientStore | None = None  # less: the target's gradient store (refs are its "ok" rows)
 
     @property
@@ -69,10 +70,10 @@ class Target:
 
     @classmethod
     def from_files(cls, name: str, paths: list[Path], skip_bad: bool = False) -> "Target":
-        refs, _, files = index_examples(paths, None, skip_bad)
+        refs, bad, files = index_examples(paths, None, skip_bad)
         if not refs:
             raise ConfigError(f"target {name!r} has no records in {[str(p) for p in paths]}")
-        return cls(name, refs, {f.path: f.sha256 for f in files})
+        return cls(name, refs, {f.path: f.sha256 for f in files}, bad_records=[asdict(b) for b in bad])
 
     @classmethod
     def from_store(cls, store: GradientStore) -> "Target":
@@ -80,7 +81,7 @@ class Target:
         if not ok.any():
             raise ConfigError(f"target store {store.path} has no usable example (all without label tokens)")
         return cls(store.name, [r for r, keep in zip(store.index, ok) if keep], _store_files(store), int((~ok).sum()),
-                   store)
+                   store.manifest["bad_records"], store)
 
     @property
     def files(self) -> list[str]:

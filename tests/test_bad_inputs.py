@@ -1,0 +1,195 @@
+"""The bad-input corpus (``tests/bad_inputs/``) against every command that reads records: each case is
+either a one-line error naming the file, the line (or row) and the problem, or, with
+``--skip-bad-records``, a skip that is counted and listed. Never a traceback (in-process, one would fail
+the test), never a silent drop. Then damaged stores, runs and config files."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import chat_records, write_jsonl, write_parquet
+
+from gradsift.cli import main
+
+CORPUS = Path(__file__).parent / "bad_inputs"
+# file -> words the error must contain (besides FILE:3:)
+RECORD_CASES = {
+    "malformed_json.jsonl": "not valid JSON",
+    "not_an_object.jsonl": "must be a JSON object",
+    "wrong_field_type.jsonl": "must be a string",
+    "missing_messages.jsonl": "unknown record format",
+    "empty_messages.jsonl": "non-empty list",
+    "unknown_role.jsonl": "has role 'robot'",
+    "no_assistant_turn.jsonl": "no assistant message",
+    "empty_assistant_turn.jsonl": "is empty",
+    "non_utf8.jsonl": "not valid UTF-8",
+    "duplicate_ids.jsonl": "duplicate id 'g2'",
+}
+SMALL = ["--lora-r", "4", "--lora-alpha", "8", "--batch-size", "4", "--max-length", "64", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("bad")
+    good = write_jsonl(root / "good.jsonl", chat_records(random.Random(0), 8, "p"))
+    assert main(["warmup", "--model", str(tiny_model_dir), "--train", str(good), "--output", str(root / "run"),
+                 "--fraction", "1", "--epochs", "1", *SMALL]) == 0
+    return {"root": root, "good": good, "model": str(tiny_model_dir), "run": root / "run"}
+
+
+def commands(ctx, data: Path, out: Path) -> dict[str, list[str]]:
+    """Every command that reads records, reading DATA (select: as the pool and as the target)."""
+    m, good = ctx["model"], str(ctx["good"])
+    return {
+        "warmup": ["warmup", "--model", m, "--train", str(data), "--output", str(out), "--fraction", "1", "--epochs",
+                   "1", *SMALL],
+        "build": ["build", "--run", str(ctx["run"]), "--data", str(data), "--dim", "32", "--output", str(out),
+                  "--device", "cpu"],
+        "select-pool": ["select", "--method", "bm25", "--pool", str(data), "--target", good, "--count", "2",
+                        "--output", str(out)],
+        "select-target": ["select", "--method", "bm25", "--pool", good, "--target", str(data), "--count", "2",
+                          "--output", str(out)],
+        "train": ["train", "--model", m, "--data", str(data), "--output", str(out), "--epochs", "1", *SMALL],
+        "evaluate": ["evaluate", "--model", m, "--data", str(data), "--output", str(out), "--max-new-tokens", "2",
+                     "--max-length", "64", "--device", "cpu"],
+    }
+
+
+COMMAND_NAMES = ["warmup", "build", "select-pool", "select-target", "train", "evaluate"]
+
+
+def one_line_error(capsys, *fragments) -> str:
+    """The command's error: one line, the last one (progress bars may precede it), no traceback."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("gradsift ")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in errors[0], err
+    return errors[0]
+
+
+def skipped_lines(command: str, out: Path) -> list[int]:
+    """The lines a finished command lists as skipped bad records, from its own output files."""
+    if command == "build":
+        listed = json.loads((out / "manifest.json").read_text())["bad_records"]
+    elif command.startswith("select"):
+        listed = json.loads((out / "summary.json").read_text())["bad_records"]
+    elif command == "evaluate":
+        listed = json.loads((out / "summary.json").read_text())["bad_records"]
+    else:
+        listed = json.loads((out / "run.json").read_text())["bad_records"]
+    return [b["line"] for b in listed]
+
+
+@pytest.mark.parametrize("case", list(RECORD_CASES))
+@pytest.mark.parametrize("command", COMMAND_NAMES)
+def test_a_bad_record_is_a_one_line_error_or_a_listed_skip(ctx, case, command, tmp_path, capsys):
+    data = CORPUS / case
+    argv = commands(ctx, data, tmp_path / "out")[command]
+    assert main(argv) == 2
+    one_line_error(capsys, f"{data.resolve()}:3: ", RECORD_CASES[case])
+    assert main(argv + ["--skip-bad-records"]) == 0
+    assert skipped_lines(command, tmp_path / "out") == [3]
+    assert "skipped 1 malformed record" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", COMMAND_NAMES)
+def test_an_empty_file_a_directory_and_a_missing_file_are_named(ctx, command, tmp_path, capsys):
+    for data, problem in [(CORPUS / "empty.jsonl", "no records"), (tmp_path, "is a directory"),
+                          (tmp_path / "nope.jsonl", "no such data file")]:
+        assert main(commands(ctx, data, tmp_path / "out")[command]) == 2
+        one_line_error(capsys, str(data.resolve()), problem)
+
+
+@pytest.mark.parametrize("command", ["warmup", "build", "train", "evaluate"])
+def test_a_fully_truncated_answer_is_counted_not_trained_on(ctx, command, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(commands(ctx, CORPUS / "fully_truncated_assistant.jsonl", out)[command]) == 0
+    if command == "build":
+        assert json.loads((out / "manifest.json").read_text())["counts"]["no_label_tokens"] == 1
+    elif command == "evaluate":
+        assert json.loads((out / "summary.json").read_text())["skipped"]["no_label_tokens"] == 1
+    else:
+        assert "1 without label tokens" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", COMMAND_NAMES)
+def test_a_million_character_record_is_read(ctx, command, tmp_path):
+    records = chat_records(random.Random(2), 4, "p")
+    records[1]["messages"][1]["content"] = "word " * 200_000  # truncated to --max-length, not rejected
+    data = write_jsonl(tmp_path / "huge.jsonl", records)
+    assert main(commands(ctx, data, tmp_path / "out")[command]) == 0
+
+
+@pytest.mark.parametrize("command", COMMAND_NAMES)
+def test_a_parquet_column_of_the_wrong_type_names_the_row(ctx, command, tmp_path, capsys):
+    records = [{"id": f"r{k}", "prompt": f"question {k}", "completion": k} for k in range(4)]  # ints, not strings
+    data = write_parquet(tmp_path / "typed.parquet", records)
+    assert main(commands(ctx, data, tmp_path / "out")[command]) == 2
+    one_line_error(capsys, f"{data.resolve()}:1: ", "'completion' must be a string")
+
+
+# -- damaged stores, runs and configs --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stores(ctx):
+    root = ctx["root"]
+    for name, gradient in (("pool", "adam"), ("target", "sgd")):
+        assert main(["build", "--run", str(ctx["run"]), "--data", str(ctx["good"]), "--gradient", gradient,
+                     "--dim", "32", "--output", str(root / name), "--device", "cpu"]) == 0
+    other = root / "other-run"
+    assert main(["warmup", "--model", ctx["model"], "--train", str(ctx["good"]), "--output", str(other),
+                 "--fraction", "1", "--epochs", "1", "--seed", "9", *SMALL]) == 0
+    assert main(["build", "--run", str(other), "--data", str(ctx["good"]), "--gradient", "sgd", "--dim", "32",
+                 "--output", str(root / "target-other"), "--device", "cpu"]) == 0
+    return root
+
+
+def select_stores(pool: Path, target: Path, out: Path) -> list[str]:
+    return ["select", "--train-store", str(pool), "--target-store", str(target), "--count", "2", "--output", str(out)]
+
+
+def test_a_target_store_of_another_run_is_refused(stores, tmp_path, capsys):
+    assert main(select_stores(stores / "pool", stores / "target-other", tmp_path / "out")) == 2
+    one_line_error(capsys, "cannot be compared", "run")
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_missing_or_truncated_feature_file_is_named(stores, damage, tmp_path, capsys):
+    pool = tmp_path / "pool"
+    shutil.copytree(stores / "pool", pool)
+    (feature,) = (pool / "features").iterdir()
+    if damage == "missing":
+        feature.unlink()
+    else:
+        feature.write_bytes(feature.read_bytes()[:200])
+    assert main(select_stores(pool, stores / "target", tmp_path / "out")) == 2
+    one_line_error(capsys, str(feature), damage)
+
+
+def test_a_run_without_its_optimizer_file_is_named(ctx, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(ctx["run"], run)
+    (optimizer,) = run.glob("checkpoint-*/optimizer.safetensors")
+    optimizer.unlink()
+    assert main(["build", "--run", str(run), "--data", str(ctx["good"]), "--dim", "32", "--output",
+                 str(tmp_path / "store"), "--device", "cpu"]) == 2
+    one_line_error(capsys, str(optimizer), "missing")
+
+
+@pytest.mark.parametrize("change,problem", [({"warmup": {"epochz": 2}}, "epochz"),
+                                            ({"warmup": {"epochs": "two"}}, "epochs"),
+                                            ({"select": {"fraction": [0.1]}}, "fraction")])
+def test_a_bad_config_file_names_the_key(ctx, change, problem, tmp_path, capsys):
+    config = {"model": ctx["model"], "workdir": str(tmp_path / "w"), "pool": {"data": [str(ctx["good"])]},
+              "targets": {"t": {"data": [str(ctx["good"])]}}}
+    for stage, values in change.items():
+        config[stage] = values
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path)]) == 2
+    one_line_error(capsys, problem)
