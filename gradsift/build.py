@@ -49,9 +49,10 @@ def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, project
         "parameters": {"count": grads.size, "layout": names.hexdigest()},
         "files": [asdict(f) for f in files],
         "counts": {"examples": len(index), "ok": statuses.count("ok"),
-                   "no_label_tokens": statuses.count("no_label_tokens"), "bad_records": len(bad)},
+                   "no_label_tokens": statuses.count("no_label_tokens"), "bad_records": len(bad),
+                   "non_finite_gradient": 0},  # set when the build finishes (GradientStore.finish)
         "bad_records": [asdict(b) for b in bad],
-        "no_label_tokens": [f"{r.file}:{r.line}" for r in index if r.status != "ok"],
+        "no_label_tokens": [f"{r.file}:{r.line}" for r in index if r.status == "no_label_tokens"],
     }
 
 
@@ -166,7 +167,7 @@ def _open_or_create(path: Path, manifest: dict, index) -> GradientStore:
     if not (path / "manifest.json").exists():
         return GradientStore.create(path, manifest, index)
     store = GradientStore.open(path)
-    differ = [k for k in manifest if store.manifest.get(k) != manifest[k]]
+    differ = [k for k in manifest if k != "counts" and store.manifest.get(k) != manifest[k]]  # finish() adds counts
     if differ:
         raise StoreMismatchError(
             f"{path} holds a different build (differs in {', '.join(differ)}); "

@@ -52,10 +52,13 @@ class ExampleRef:
     tokens: int = 0  # after truncation
     label_tokens: int = 0  # tokens that carry a loss; 0 means the example is skipped, never scored
     chars: int = 0  # characters of all its turns' contents: its length before any tokenizer
+    non_finite_gradient: bool = False  # its gradient held a NaN or infinity at some checkpoint (set by build)
 
     @property
     def status(self) -> str:
-        return "ok" if self.label_tokens > 0 else "no_label_tokens"
+        if self.label_tokens == 0:
+            return "no_label_tokens"
+        return "non_finite_gradient" if self.non_finite_gradient else "ok"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ Rows follow the data files in the order given, records in file order. A row whos
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,7 @@ class GradientStore:
         path = Path(path)
         (path / "features").mkdir(parents=True, exist_ok=True)
         manifest = {**manifest, "format": STORE_FORMAT, "status": "building", "rows": len(index)}
-        lines = "".join(json.dumps(asdict(ref), ensure_ascii=False) + "\n" for ref in index)
-        atomic_write_bytes(path / "index.jsonl", lines.encode())
+        cls._write_index(path, index)
         dim = manifest["projection"]["dim"]
         for checkpoint in manifest["checkpoints"]:
             np.lib.format.open_memmap(
@@ -131,9 +130,40 @@ class GradientStore:
         short = {c: n for c, n in progress.items() if n != len(self.index)}
         if short:
             raise RuntimeError(f"{self.path}: cannot finish, checkpoints not fully written: {short}")
+        self._set_aside_non_finite_rows()
         self.manifest["status"] = "complete"
         self.manifest["checksums"] = checksums(self.path, self.stored_files())
         atomic_write_json(self.path / "manifest.json", self.manifest)
+
+    def _set_aside_non_finite_rows(self, chunk: int = 65536) -> None:
+        """Rows whose feature holds a NaN or infinity (a non-finite gradient) get status
+        "non_finite_gradient" and become zero, so no score ever sees them. The index is rewritten before
+        the rows are zeroed: a build killed in between finds the status already recorded."""
+        found = set()
+        for checkpoint in self.checkpoints:
+            features = self.features(checkpoint["name"])
+            for start in range(0, len(self.index), chunk):
+                block = np.asarray(features[start: start + chunk])
+                found.update((start + np.flatnonzero(~np.isfinite(block).all(axis=1))).tolist())
+            del features
+        new = sorted(i for i in found if not self.index[i].non_finite_gradient)
+        if new:
+            self.index = [replace(ref, non_finite_gradient=True) if i in found else ref for i, ref in enumerate(self.index)]
+            self._write_index(self.path, self.index)
+        for checkpoint in self.checkpoints if found else []:
+            features = self.features(checkpoint["name"], mode="r+")
+            features[sorted(found)] = 0
+            features.flush()
+            del features
+        flagged = [ref for ref in self.index if ref.non_finite_gradient]
+        self.manifest["counts"] = {**self.manifest["counts"], "ok": sum(ref.status == "ok" for ref in self.index),
+                                   "non_finite_gradient": len(flagged)}
+        self.manifest["non_finite_gradient"] = [f"{ref.file}:{ref.line}" for ref in flagged]
+
+    @staticmethod
+    def _write_index(path: Path, index: list[ExampleRef]) -> None:
+        lines = "".join(json.dumps(asdict(ref), ensure_ascii=False) + "\n" for ref in index)
+        atomic_write_bytes(path / "index.jsonl", lines.encode())
 
     def stored_files(self) -> list[str]:
         """The store's data files, relative to its folder: the index and one feature file per checkpoint."""

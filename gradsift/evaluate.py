@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -356,6 +357,9 @@ def _evaluate(config: EvaluateConfig) -> dict:
         best = max(range(len(ex.choices)), key=scores[i].__getitem__)  # ties: the first choice
         ex.prediction, ex.correct = ex.choices[best], best == ex.target
 
+    for i, ex in enumerate(examples):  # a NaN or infinite loss (a damaged model) is counted, never averaged
+        if any(v is not None and not math.isfinite(v) for v in [ex.loss, *scores.get(i, [])]):
+            ex.status, ex.loss, ex.prediction, ex.correct = "non_finite_loss", None, None, None
     statuses = [e.status for e in examples]
     subtasks = dict.fromkeys(e.ref.subtask for e in examples)
     summary = {
@@ -363,7 +367,8 @@ def _evaluate(config: EvaluateConfig) -> dict:
         "scored": sum(e.loss is not None for e in examples),
         "accuracy_examples": sum(e.correct is not None for e in examples),
         "skipped": {"no_label_tokens": statuses.count("no_label_tokens"), "bad_records": len(bad),
-                    "choices_truncated": statuses.count("choices_truncated")},
+                    "choices_truncated": statuses.count("choices_truncated"),
+                    "non_finite_loss": statuses.count("non_finite_loss")},
         "by_subtask": {s: _results([e for e in examples if e.ref.subtask == s]) for s in subtasks},
         "model": config.model,
         "adapter": str(config.adapter) if config.adapter is not None else None,

@@ -144,7 +144,9 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         "target_files": target.files,
         "file_sha256": {**pool.file_sha256, **target.file_sha256},
         "pool": {"examples": len(index), "scored": int(sel.scored.sum()),
-                 "skipped": {"no_label_tokens": int((~sel.scored).sum()), "bad_records": len(pool.bad_records)}},
+                 "skipped": {**{s: sum(index[i].status == s for i in np.flatnonzero(~sel.scored))
+                                for s in ("no_label_tokens", "non_finite_gradient")},
+                             "bad_records": len(pool.bad_records)}},
         "selected": len(sel.selected),
         "sources": {
             s: {"pool": n, "selected": picked_sources.get(s, 0), "pool_share": n / len(index),

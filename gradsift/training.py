@@ -294,6 +294,9 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
                     loss = per_example_loss(model, {n: t.to(device) for n, t in batch.items()}).sum() / len(chosen)
                 loss.backward()
                 total_loss += loss.item()
+            if not math.isfinite(total_loss):  # one step would make every weight NaN
+                raise ConfigError(f"{output}: the training loss is {total_loss} at epoch {epoch}, step {step + 1}; "
+                                  "check the model's weights and lower --learning-rate")
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -10,6 +10,7 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import chat_records, write_jsonl, write_parquet
@@ -193,3 +194,53 @@ def test_a_bad_config_file_names_the_key(ctx, change, problem, tmp_path, capsys)
     path.write_text(yaml.safe_dump(config))
     assert main(["run", str(path)]) == 2
     one_line_error(capsys, problem)
+
+
+# -- non-finite gradients ----------------------------------------------------------------------------
+def test_a_non_finite_gradient_is_set_aside_and_never_scored(ctx, tmp_path, capsys):
+    """A poisoned embedding row (NaN) gives every example that uses its token a NaN gradient: build
+    records those rows with their own status, counts and lists them, and select never scores them."""
+    import csv
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(ctx["model"])
+    tokenizer = AutoTokenizer.from_pretrained(ctx["model"])
+    assert not model.config.tie_word_embeddings  # the LM head stays finite: only inputs with "Z" are poisoned
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("Z")] = float("nan")
+    poisoned = tmp_path / "poisoned"
+    model.save_pretrained(poisoned)
+    tokenizer.save_pretrained(poisoned)
+    records = chat_records(random.Random(5), 6, "p")
+    records[2]["messages"][1]["content"] += " Z"
+    pool = write_jsonl(tmp_path / "pool.jsonl", records)
+    run, store, target_store, sel = (tmp_path / n for n in ("run", "store", "target", "sel"))
+    assert main(["warmup", "--model", str(poisoned), "--train", str(ctx["good"]), "--output", str(run),
+                 "--fraction", "1", "--epochs", "1", *SMALL]) == 0
+    for data, out, gradient in ((pool, store, "adam"), (ctx["good"], target_store, "sgd")):
+        assert main(["build", "--run", str(run), "--data", str(data), "--dim", "32", "--gradient", gradient,
+                     "--output", str(out), "--device", "cpu"]) == 0
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["counts"]["non_finite_gradient"] == 1 and manifest["counts"]["ok"] == 5
+    assert manifest["non_finite_gradient"] == [f"{pool.resolve()}:3"]
+    index = [json.loads(line) for line in (store / "index.jsonl").read_text().splitlines()]
+    assert [r["non_finite_gradient"] for r in index] == [False, False, True, False, False, False]
+    (features,) = (np.load(f) for f in (store / "features").iterdir())
+    assert np.isfinite(features).all() and not features[2].any()
+    assert main(["select", "--train-store", str(store), "--target-store", str(target_store), "--count", "2",
+                 "--output", str(sel)]) == 0
+    rows = list(csv.DictReader(open(sel / "scores.csv")))
+    assert rows[2]["status"] == "non_finite_gradient" and rows[2]["score"] == "" and rows[2]["selected"] == "0"
+    assert all(np.isfinite(float(r["score"])) for k, r in enumerate(rows) if k != 2)
+    assert json.loads((sel / "summary.json").read_text())["pool"]["skipped"]["non_finite_gradient"] == 1
+    assert main(["evaluate", "--model", str(poisoned), "--data", str(pool), "--output", str(tmp_path / "e"),
+                 "--max-new-tokens", "0", "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["skipped"]["non_finite_loss"] == 1 and summary["scored"] == 5 and np.isfinite(summary["loss"])
+    capsys.readouterr()
+    # training on that record would turn every weight into NaN: a one-line error instead
+    assert main(["train", "--model", str(poisoned), "--data", str(pool), "--output", str(tmp_path / "t"),
+                 "--epochs", "1", *SMALL]) == 2
+    one_line_error(capsys, "the training loss is nan")

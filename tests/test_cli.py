@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -44,13 +45,16 @@ def test_help_loads_no_heavy_library():
 def test_a_run_prints_no_library_noise(tmp_path, tiny_model_dir):
     """Only gradsift's own output: no library warnings or weight-loading bars unless --verbose."""
     data = write_jsonl(tmp_path / "test.jsonl", chat_records(random.Random(0), 3, "t"))
+    # a fresh environment: main() called in this process (other tests) sets the libraries' quiet switches
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
     command = [sys.executable, "-m", "gradsift", "evaluate", "--model", str(tiny_model_dir), "--data", str(data),
                "--max-new-tokens", "0", "--device", "cpu"]
-    quiet = subprocess.run(command + ["--output", str(tmp_path / "q")], capture_output=True, text=True, check=True)
+    quiet = subprocess.run(command + ["--output", str(tmp_path / "q")], capture_output=True, text=True, check=True,
+                           env=env)
     assert "Warning" not in quiet.stderr and "Loading weights" not in quiet.stderr, quiet.stderr
     assert "evaluated 3 examples" in quiet.stdout
     verbose = subprocess.run(command + ["--output", str(tmp_path / "v"), "--verbose"], capture_output=True, text=True,
-                             check=True)
+                             check=True, env=env)
     assert "Loading weights" in verbose.stderr  # the switch does something: the libraries' own bars come back
 
 

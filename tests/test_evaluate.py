@@ -241,7 +241,8 @@ def test_output_files_have_every_field(tiny_model_dir, adapter_dir, tmp_path):
 
     assert set(summary) == SUMMARY_FIELDS
     assert summary["examples"] == 4 and summary["scored"] == 3 and summary["accuracy_examples"] == 3
-    assert summary["skipped"] == {"no_label_tokens": 1, "bad_records": 0, "choices_truncated": 0}
+    assert summary["skipped"] == {"no_label_tokens": 1, "bad_records": 0, "choices_truncated": 0,
+                                  "non_finite_loss": 0}
     assert summary["data"] == [str(jsonl.resolve()), str(parquet.resolve())]
     assert (summary["model"], summary["max_length"], summary["max_new_tokens"]) == (str(tiny_model_dir), 64, 3)
     assert set(summary["by_subtask"]) == {"mc", "gen"}

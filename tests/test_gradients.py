@@ -109,10 +109,18 @@ def test_hooks_are_removed_on_exit(setup):
     model.zero_grad(set_to_none=True)
 
 
-def test_example_without_label_is_refused(setup):
+def test_a_non_finite_loss_stays_in_its_own_row(setup):
+    """An example whose activations turn NaN (as a poisoned weight would make them) gets a NaN gradient
+    row; the other rows of its batch keep the gradients they have alone (the store sets such rows aside)."""
     model, tokenizer, examples = setup
-    ids, labels = examples[0]
-    unlabelled = (ids, [-100] * len(labels))
-    with PerExampleGradients(model) as grads, pytest.raises(FloatingPointError):
-        grads.compute(collate([examples[1], unlabelled], tokenizer.pad_token_id))
+    with PerExampleGradients(model) as grads:
+        alone = grads.compute(collate([examples[1]], tokenizer.pad_token_id))
+        poison = model.get_input_embeddings().register_forward_hook(
+            lambda module, inputs, output: output.index_fill(0, torch.tensor([1]), float("nan")))
+        try:
+            mixed = grads.compute(collate([examples[1], examples[0]], tokenizer.pad_token_id))
+        finally:
+            poison.remove()
+    assert torch.isnan(mixed[1]).any()
+    torch.testing.assert_close(mixed[0], alone[0], rtol=1e-4, atol=1e-6)
     model.zero_grad(set_to_none=True)
