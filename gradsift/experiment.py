@@ -35,11 +35,13 @@ the stages' folders: ``run/``, ``stores/``, ``selections/``, ``train/``, ``eval/
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import hashlib
 import io
 import json
 import math
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,7 +54,7 @@ from .evaluate import EvaluateConfig, evaluate
 from .files import atomic_write_bytes, atomic_write_json, read_json
 from .locks import folder_lock
 from .methods import Pool, Target
-from .pipeline import read_yaml_mapping, stage_config
+from .pipeline import check_stage_values, has_type, read_yaml_mapping, stage_config, type_name
 from .select import SelectConfig, load_inputs, make_method, run_selection
 from .train import TrainConfig, train
 from .warmup import WarmupConfig, warmup
@@ -125,6 +127,10 @@ def load_experiment(path: Path) -> ExperimentConfig:
     if set(raw) - known:
         raise ConfigError(f"{path}: unknown keys {sorted(set(raw) - known)}; known: {sorted(known)}")
     base = path.parent
+    hints = typing.get_type_hints(ExperimentConfig)
+    for name in ("model", "fractions", "seeds", "relevance", "warmup", "build", "select", "train", "evaluate"):
+        if name in raw and not has_type(raw[name], hints[name]):
+            raise ConfigError(f"{path}: {name}: expected {type_name(hints[name])}, got {raw[name]!r}")
     try:
         targets = []
         for name, spec in (raw.get("targets") or {}).items():
@@ -136,8 +142,8 @@ def load_experiment(path: Path) -> ExperimentConfig:
         for spec in raw.get("methods") or []:
             spec = {"method": spec} if isinstance(spec, str) else dict(spec)
             spec.setdefault("label", spec["method"])
-            methods.append(MethodSpec(**spec))
-        transfer = [TransferSpec(**t) for t in raw.get("transfer") or []]
+            methods.append(MethodSpec(**_known_keys(MethodSpec, spec, f"methods.{spec['label']}")))
+        transfer = [TransferSpec(**_known_keys(TransferSpec, t, "transfer")) for t in raw.get("transfer") or []]
         model = raw["model"]
         config = ExperimentConfig(**{
             **raw, "model": str(base / model) if (base / model).exists() else model,
@@ -148,6 +154,13 @@ def load_experiment(path: Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
     _check(config, path)
     return config
+
+
+def _known_keys(cls, spec: dict, where: str) -> dict:
+    known = {f.name for f in dataclasses.fields(cls)}
+    if set(spec) - known:
+        raise ConfigError(f"{where}: unknown keys {sorted(set(spec) - known)}; known: {sorted(known)}")
+    return spec
 
 
 def _check(config: ExperimentConfig, path: Path) -> None:
@@ -164,6 +177,16 @@ def _check(config: ExperimentConfig, path: Path) -> None:
         if m.seeds is not None and not set(m.seeds) <= set(config.seeds):
             raise ConfigError(f"{path}: method {m.label!r} seeds {m.seeds} are not all among the grid's seeds "
                               f"{config.seeds}")
+    # every stage's settings checked now, not when the grid reaches that stage hours later
+    stages = [(WarmupConfig, "warmup", config.warmup), (BuildConfig, "build", config.build),
+              (SelectConfig, "select", config.select), (TrainConfig, "train", config.train),
+              (EvaluateConfig, "evaluate", config.evaluate)]
+    stages += [(BuildConfig, f"methods.{m.label}.build", m.build) for m in config.methods]
+    stages += [(SelectConfig, f"methods.{m.label}.select", m.select) for m in config.methods]
+    stages += [(EvaluateConfig, f"targets.{t.name}.evaluate", t.evaluate) for t in config.targets]
+    stages += [(TrainConfig, f"transfer.{t.model}.train", t.train) for t in config.transfer]
+    for cls, stage, values in stages:
+        check_stage_values(cls, f"{path}: {stage}", values)
     for t in config.transfer:
         unknown = set(t.methods) - set(labels)
         if unknown:

@@ -76,14 +76,8 @@ def _shared_projection(pool: dict) -> dict:
 def stage_config(cls, stage: str, values: dict, **fixed):
     """A stage's typed config from YAML values plus ``fixed`` ones; unknown keys or wrong fields are a
     ConfigError naming the stage (path lists become Paths)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"{stage}: unknown keys {sorted(unknown)}; known: {sorted(names - set(fixed))}")
+    check_stage_values(cls, stage, values, fixed)
     hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        if not _has_type(value, hints[key]):
-            raise ConfigError(f"{stage}.{key}: {value!r} is not a {_type_name(hints[key])}")
     values = {k: ([Path(p) for p in v] if hints[k] == list[Path] and v is not None else v) for k, v in values.items()}
     try:
         return cls(**{**values, **fixed})
@@ -91,15 +85,29 @@ def stage_config(cls, stage: str, values: dict, **fixed):
         raise ConfigError(f"{stage}: {e}") from None
 
 
-def _has_type(value, hint) -> bool:
+def check_stage_values(cls, stage: str, values: dict, fixed=()) -> None:
+    """Unknown keys and values of the wrong type in a stage's YAML mapping are a ConfigError naming them."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{stage}: expected a mapping of {cls.__name__} fields, got {values!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"{stage}: unknown keys {sorted(unknown)}; known: {sorted(names - set(fixed))}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if not has_type(value, hints[key]):
+            raise ConfigError(f"{stage}.{key}: expected {type_name(hints[key])}, got {value!r}")
+
+
+def has_type(value, hint) -> bool:
     """Whether a YAML value fits a config field's type (ints pass as floats, strings as paths)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, a) for a in args)
+        return any(has_type(value, a) for a in args)
     if origin is typing.Literal:
         return value in args
     if origin is list:
-        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+        return isinstance(value, list) and all(has_type(v, args[0]) for v in value)
     if hint is type(None):
         return value is None
     if hint is bool:
@@ -113,14 +121,14 @@ def _has_type(value, hint) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def _type_name(hint) -> str:
+def type_name(hint) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
+        return " or ".join(type_name(a) for a in args)
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, args))
     if origin is list:
-        return f"list of {_type_name(args[0])}"
+        return f"list of {type_name(args[0])}"
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 

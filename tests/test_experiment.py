@@ -157,7 +157,11 @@ def test_config_errors_name_the_problem(bench, tmp_path):
     for change, message in [({"methodz": []}, "unknown keys"), ({"methods": ["random", "random"]}, "distinct"),
                             ({"methods": ["magic"]}, "unknown method"), ({"pool": ["nothing/*.jsonl"]}, "matches no file"),
                             ({"transfer": [{"model": "x", "methods": ["bm25x"]}]}, "not in the grid"),
-                            ({"methods": [{"method": "full", "seeds": [7]}]}, "not all among the grid's seeds")]:
+                            ({"methods": [{"method": "full", "seeds": [7]}]}, "not all among the grid's seeds"),
+                            ({"methods": [{"method": "bm25", "bogus": 1}]}, r"methods.bm25: unknown keys \['bogus'\]"),
+                            ({"fractions": "x"}, "fractions: expected list of float"),
+                            ({"warmup": {"epochs": "two"}}, "warmup.epochs: expected int, got 'two'"),
+                            ({"methods": [{"method": "less", "build": {"dimm": 3}}]}, r"methods.less.build: unknown keys")]:
         bad = root / "bad.yaml"
         bad.write_text(yaml.safe_dump({**raw, **change}))
         with pytest.raises(ConfigError, match=message):
