@@ -9,6 +9,7 @@ it stopped and memory does not grow with the pool.
 from __future__ import annotations
 
 import hashlib
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from tqdm.auto import tqdm
 from .config import AdamForm, BuildConfig
 from .data import ChatEncoder, collate, encode_refs, index_examples, print_skips
 from .datastore import GradientStore
+from .distributed import World, shard_bounds
 from .errors import ConfigError, StoreMismatchError
 from .features import AdamState, normalize_rows
 from .gradients import PerExampleGradients
-from .locks import folder_locks
+from .locks import FolderLockedError, folder_locks
 from .models import pick_device
 from .projection import Projector, make_projector
 from .training import Run
@@ -68,12 +70,25 @@ def build(config: BuildConfig) -> GradientStore:
 def build_together(configs: list[BuildConfig]) -> list[GradientStore]:
     """Build several stores of the same run, data and gradient kind that differ only in projection
     (kind, dim, seed) from one pass of per-example gradients: the forward, backward and Adam
-    transform are shared, only the (cheap) projections are repeated. Each store resumes on its own."""
-    with folder_locks(c.output for c in configs):
-        return _build_together(configs)
+    transform are shared, only the (cheap) projections are repeated. Each store resumes on its own.
+
+    Under torchrun every process computes one length-balanced shard of the rows (``shard_bounds``)
+    into the same files; the main process holds the folders' locks and merges the shards' progress."""
+    world = World.current(pick_device(configs[0].device))
+    with ExitStack() as stack:
+        refused = None
+        if world.main:
+            try:
+                stack.enter_context(folder_locks(c.output for c in configs))
+            except FolderLockedError as e:
+                refused = str(e)
+        refused = world.share(refused)  # every process stops, not only the main one
+        if refused:
+            raise FolderLockedError(refused)
+        return _build_together(configs, world)
 
 
-def _build_together(configs: list[BuildConfig]) -> list[GradientStore]:
+def _build_together(configs: list[BuildConfig], world: World) -> list[GradientStore]:
     shared = [{k: v for k, v in asdict(c).items() if k not in PROJECTION_SETTINGS} for c in configs]
     if any(s != shared[0] for s in shared):
         raise ConfigError("stores built together must differ only in projection, dim and seed")
@@ -86,7 +101,7 @@ def _build_together(configs: list[BuildConfig]) -> list[GradientStore]:
     if config.gradient == "adam":
         for checkpoint in run.checkpoints:
             checkpoint.require_adam_state()
-    device = pick_device(config.device)
+    device = world.device(pick_device(config.device))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = run.load_model(device, dtype)
     model.eval()  # no LoRA dropout while extracting features
@@ -98,37 +113,52 @@ def _build_together(configs: list[BuildConfig]) -> list[GradientStore]:
         projectors = [make_projector(c.projection, grads.shapes, c.dim, c.seed) for c in configs]
         manifests = [_manifest(c, run, grads, p.describe(), max_length, files, bad, index)
                      for c, p in zip(configs, projectors)]
-        stores = [_open_or_create(Path(c.output), m, index) for c, m in zip(configs, manifests)]
+        stores = [_open_or_create(Path(c.output), m, index) for c, m in zip(configs, manifests)] if world.main else []
+        world.barrier()  # the main process lays the stores out; the others open them
+        stores = stores or [_open_or_create(Path(c.output), m, index) for c, m in zip(configs, manifests)]
         todo = [k for k, store in enumerate(stores) if not store.complete]
         if not todo:
             return stores
-        _report_skips(manifests[0], Path(configs[0].output))
-        done = {k: stores[k].committed() for k in todo}
+        if world.main:
+            _report_skips(manifests[0], Path(configs[0].output))
+        first_row, end_row = shard_bounds([r.tokens for r in index], config.chunk_size, world.size)[world.rank]
+        for k in todo:
+            if world.size == 1 and stores[k].shard_files():
+                raise ConfigError(f"{stores[k].path} was being built by several processes "
+                                  f"({stores[k].shard_files()[0].name}); relaunch it with torchrun")
+        progress = {k: "progress.json" if world.size == 1 else
+                    stores[k].begin_shard(world.rank, world.size, first_row, end_row) for k in todo}
+        done = {k: stores[k].committed(progress[k]) for k in todo}
         names = " + ".join(stores[k].name for k in todo)
-        bar = tqdm(total=len(index) * len(run.checkpoints),
-                   initial=sum(min(done[k][c.path.name] for k in todo) for c in run.checkpoints), unit="ex",
-                   desc=f"build {names} ({config.gradient})", smoothing=0.1)
+        bar = tqdm(total=(end_row - first_row) * len(run.checkpoints),
+                   initial=sum(min(done[k][c.path.name] for k in todo) - first_row for c in run.checkpoints),
+                   unit="ex", desc=f"build {names} ({config.gradient})", smoothing=0.1, disable=not world.main)
         from peft import set_peft_model_state_dict
 
         for checkpoint in run.checkpoints:
             name = checkpoint.path.name
             first = min(done[k][name] for k in todo)
-            if first == len(index):
+            if first == end_row:
                 continue
             set_peft_model_state_dict(model, checkpoint.adapter_state())
             adam = checkpoint.adam(grads.names, device) if config.gradient == "adam" else None
-            for start in range(first, len(index), config.chunk_size):
-                refs = index[start: start + config.chunk_size]
+            for start in range(first, end_row, config.chunk_size):
+                refs = index[start: min(start + config.chunk_size, end_row)]
                 needing = [k for k in todo if done[k][name] <= start]  # rows are committed in order
                 features = _chunk_features(refs, encoder, tokenizer.pad_token_id, grads,
                                            [projectors[k] for k in needing], adam, config, device)
                 for k, rows in zip(needing, features):
-                    stores[k].write_rows(name, start, rows)
+                    stores[k].write_rows(name, start, rows, progress[k])
                 bar.update(len(refs))
         bar.close()
-    for k in todo:
-        stores[k].finish()
-    return stores
+    world.barrier()  # every shard written
+    if world.main:
+        for k in todo:
+            if world.size > 1:
+                stores[k].merge_shards()
+            stores[k].finish()
+    world.barrier()
+    return [GradientStore.open(c.output) for c in configs] if not world.main else stores
 
 
 def batch_features(grads: PerExampleGradients, projectors: list[Projector], batch: dict[str, torch.Tensor],

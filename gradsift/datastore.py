@@ -106,13 +106,50 @@ class GradientStore:
         return np.array([ref.status == "ok" for ref in self.index], dtype=bool)
 
     # -- writing (resumable) ---------------------------------------------------------------------
-    def committed(self) -> dict[str, int]:
-        return read_json(self.path / "progress.json")
+    def committed(self, progress_file: str = "progress.json") -> dict[str, int]:
+        """The end of the committed rows per checkpoint (in a shard's file: of that shard's rows)."""
+        return {k: v for k, v in read_json(self.path / progress_file).items() if k in self._names()}
 
-    def write_rows(self, checkpoint: str, start: int, rows: np.ndarray) -> None:
+    def _names(self) -> set[str]:
+        return {c["name"] for c in self.checkpoints}
+
+    # A process of a sharded build commits its rows [start, end) to its own progress file; the main
+    # process merges them into progress.json once every shard is written.
+    def shard_files(self) -> list[Path]:
+        return sorted(self.path.glob("progress.shard-*-of-*.json"))
+
+    def begin_shard(self, rank: int, size: int, start: int, end: int) -> str:
+        """This process's progress file for rows [start, end), created (from whatever progress.json
+        already holds) unless a relaunch finds it."""
+        name = f"progress.shard-{rank}-of-{size}.json"
+        others = [p.name for p in self.shard_files() if not p.name.endswith(f"-of-{size}.json")]
+        if others:
+            raise ConfigError(f"{self.path} was being built by another number of processes ({others[0]}); relaunch "
+                              "with that many, or delete its progress.shard-* files to redo those rows")
+        if not (self.path / name).exists():
+            done = self.committed()
+            atomic_write_json(self.path / name, {"start": start, "end": end,
+                                                 **{c: min(end, max(start, done[c])) for c in sorted(self._names())}})
+        shard = read_json(self.path / name)
+        if (shard["start"], shard["end"]) != (start, end):
+            raise ConfigError(f"{self.path / name} holds rows {shard['start']}..{shard['end']}, not {start}..{end}: "
+                              "relaunch on the same data with the same number of processes")
+        return name
+
+    def merge_shards(self) -> None:
+        """progress.json from the shard files, once each has committed all of its rows."""
+        shards = [read_json(p) for p in self.shard_files()]
+        short = [(s["start"], s["end"]) for s in shards for c in self._names() if s[c] != s["end"]]
+        if short or sum(s["end"] - s["start"] for s in shards) != len(self.index):
+            raise RuntimeError(f"{self.path}: cannot merge shards, rows not all written: {short}")
+        atomic_write_json(self.path / "progress.json", {c: len(self.index) for c in self.committed()})
+        for path in self.shard_files():
+            path.unlink()
+
+    def write_rows(self, checkpoint: str, start: int, rows: np.ndarray, progress_file: str = "progress.json") -> None:
         """Write rows [start, start+len(rows)) and commit them: after this returns they are durable, and
         the progress file (rewritten atomically after the data is flushed) never claims rows not on disk."""
-        progress = self.committed()
+        progress = read_json(self.path / progress_file)
         if start != progress[checkpoint]:
             raise RuntimeError(f"{self.path}: rows of {checkpoint} must be committed in order "
                                f"(next is {progress[checkpoint]}, got {start})")
@@ -122,7 +159,7 @@ class GradientStore:
         del features
         stop_point("store:rows-written")  # on disk, not yet committed
         progress[checkpoint] = start + len(rows)
-        atomic_write_json(self.path / "progress.json", progress)
+        atomic_write_json(self.path / progress_file, progress)
         stop_point("store:rows-committed")
 
     def finish(self) -> None:
