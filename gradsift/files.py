@@ -65,6 +65,16 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
 
+# json.dumps keeps these raw, but str.splitlines() breaks lines at them; escaped, a string is the same JSON.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def atomic_write_jsonl(path: Path, records) -> None:
+    """One JSON record per line, whichever way a reader splits lines."""
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    atomic_write_bytes(path, text.translate(_LINE_BREAKS).encode())
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
 

@@ -1,16 +1,19 @@
 """The benchmark with known answers (gradsift.benchmark): deterministic, contamination-free, labels consistent
-with the pool, the committed copy equal to a fresh build, and the demo's smaller copy."""
+with the pool, the committed copy equal to a fresh build, the demo's smaller copy, and the readers of the
+packages' files."""
 
 from __future__ import annotations
 
 import copy
 import json
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
 
 import gradsift.benchmark as bb
+from gradsift.errors import GradsiftError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,3 +230,59 @@ def test_a_smaller_copy_keeps_the_targets_and_shrinks_the_pool(bench, tmp_path):
         assert 0.4 * len(bench["relevance"][name]) <= len(ids) <= 0.6 * len(bench["relevance"][name]) + 3
     assert small["pool"]["size"] < 0.4 * len(bench["records"])
     assert small["contamination_check"]["passed"]
+
+
+def test_gsm8k_answers_are_worked_and_clean(bench):
+    raw = {"question": " Natalia sold 48 clips in April and half as many in May. How many in all?\n",
+           "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nIn all 48+24 = <<48+24=72>>72.\n#### 72"}
+    assert bb._gsm8k_chat(raw) == [
+        {"role": "user", "content": "Natalia sold 48 clips in April and half as many in May. How many in all?"},
+        {"role": "assistant", "content": "In May she sold 48/2 = 24 clips.\nIn all 48+24 = 72.\nThe answer is 72."},
+    ]
+    assert bb._gsm8k_chat({"question": "q", "answer": "no final answer"}) is None
+    assert bb._gsm8k_chat({"question": 1, "answer": "#### 2"}) is None
+    for r in bench["pool"]["gsm8k"]:
+        answer = r["messages"][-1]["content"]
+        assert "<<" not in answer and "####" not in answer
+        assert "\nThe answer is " in answer and answer.endswith(".")
+
+
+def test_fewshot_configs_keep_tasks_with_samples(tmp_path):
+    (tmp_path / "_template.yaml").write_text("output_type: generate_until\nprocess_results: !function utils.score\n")
+    (tmp_path / "_group.yaml").write_text("group: bbh\ntask: [a, b]\n")
+    (tmp_path / "zeta.yaml").write_text("dataset_name: alpha\ndescription: ' Evaluate it.\n'\n"
+                                        "filter: !function utils.f\nfewshot_config:\n  samples:\n"
+                                        "  - {input: q1, target: a1}\n")
+    (tmp_path / "beta.yaml").write_text("fewshot_config:\n  samples:\n  - {input: q2, target: a2}\n")
+    assert bb._fewshot_configs(tmp_path) == {"alpha": ("Evaluate it.", [{"input": "q1", "target": "a1"}]),
+                                             "beta": ("", [{"input": "q2", "target": "a2"}])}
+
+
+def test_bbh_shots_are_lm_evals_27_tasks_of_three():
+    configs = bb._bbh_configs()
+    assert len(configs) == 27 and all(len(samples) == 3 for _, samples in configs.values())
+    shots = bb._shots(bb.Shots("boolean_expressions"))
+    assert [r["id"] for r in shots] == [f"bbh/boolean_expressions/{k}" for k in range(3)]
+    for r in shots:
+        assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
+        assert r["messages"][-1]["content"].endswith("So the answer is True.") or \
+            r["messages"][-1]["content"].endswith("So the answer is False.")
+        assert r["subtask"] == "boolean_expressions" and r["source"] == "bbh"
+    with pytest.raises(KeyError, match="no_such_task"):
+        bb._shots(bb.Shots("no_such_task"))
+
+
+def test_missing_package_is_named(monkeypatch, tmp_path):
+    with pytest.raises(bb.MissingPackageDataError, match="'evals' package has no evals/no/such/folder"):
+        bb._package_path("evals", "evals/no/such/folder")
+
+    def not_installed(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(bb, "distribution", not_installed)
+    monkeypatch.setattr(bb, "_bbh_configs", lru_cache(bb._bbh_configs.__wrapped__))  # an empty cache
+    with pytest.raises(FileNotFoundError, match=r"'lm-eval' package, which is not installed: "
+                                                r"pip install --no-deps lm-eval==0\.4\.13"):
+        bb.build_benchmark(tmp_path)
+    assert not any(tmp_path.iterdir())
+    assert issubclass(bb.MissingPackageDataError, GradsiftError)  # the CLI prints it as one line

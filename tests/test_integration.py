@@ -1,4 +1,5 @@
-"""warmup -> build -> select through the command line on the real SmolLM2-135M and real demo data."""
+"""warmup -> build -> select through the command line on the real SmolLM2-135M and a small copy of the
+benchmark (real records)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import os
 import pytest
 import torch
 
+from gradsift.benchmark import build_benchmark
 from gradsift.cli import main
-from gradsift.demo_data import build_demo_data
 
 pytestmark = pytest.mark.integration
 
@@ -25,18 +26,19 @@ def all_threads():
 
 
 def test_real_model_pipeline(tmp_path, all_threads):
-    data = build_demo_data(tmp_path / "data", pool_per_source=3)
-    pool = [str(p) for p in data.pool_files]
-    bbh = tmp_path / "bbh.jsonl"  # six BBH shots from three tasks keep the test short
-    bbh.write_text("".join(data.targets["bbh"][0].read_text().splitlines(keepends=True)[:6]))
-    run, pool_store, target_store, out = (tmp_path / n for n in ("run", "pool", "bbh", "selection"))
+    data = tmp_path / "data"
+    build_benchmark(data, unrelated_per_family=1, relevant_scale=0.02)  # one record of most families
+    # ~40 short records; the pool's BBH chain-of-thought shots (bbh.jsonl) would make the run several times longer
+    pool = [str(p) for p in sorted((data / "pool").glob("*.jsonl")) if p.stem != "bbh"]
+    target = data / "targets" / "quantity_comparison" / "fewshot.jsonl"  # ten short examples, three subtasks
+    run, pool_store, target_store, out = (tmp_path / n for n in ("run", "pool", "target", "selection"))
 
     assert main(["warmup", "--model", "smollm2-135m", "--train", *pool, "--output", str(run), "--fraction", "0.25",
                  "--epochs", "2", "--lora-r", "4", "--lora-alpha", "16", "--batch-size", "4",
                  "--learning-rate", "1e-4", "--max-length", "256"]) == 0
     common = ["--run", str(run), "--dim", "256", "--batch-size", "8"]
     assert main(["build", *common, "--data", *pool, "--output", str(pool_store)]) == 0
-    assert main(["build", *common, "--data", str(bbh), "--output", str(target_store), "--gradient", "sgd"]) == 0
+    assert main(["build", *common, "--data", str(target), "--output", str(target_store), "--gradient", "sgd"]) == 0
     assert main(["select", "--train-store", str(pool_store), "--target-store", str(target_store),
                  "--output", str(out), "--fraction", "0.1"]) == 0
 
