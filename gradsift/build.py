@@ -9,7 +9,6 @@ it stopped and memory does not grow with the pool.
 from __future__ import annotations
 
 import hashlib
-from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,11 +19,10 @@ from tqdm.auto import tqdm
 from .config import AdamForm, BuildConfig
 from .data import ChatEncoder, collate, encode_refs, index_examples, print_skips
 from .datastore import GradientStore
-from .distributed import World, shard_bounds
+from .distributed import World, shard_bounds, world_locks
 from .errors import ConfigError, StoreMismatchError
 from .features import AdamState, normalize_rows
 from .gradients import PerExampleGradients
-from .locks import FolderLockedError, folder_locks
 from .models import pick_device
 from .projection import Projector, make_projector
 from .training import Run
@@ -75,16 +73,7 @@ def build_together(configs: list[BuildConfig]) -> list[GradientStore]:
     Under torchrun every process computes one length-balanced shard of the rows (``shard_bounds``)
     into the same files; the main process holds the folders' locks and merges the shards' progress."""
     world = World.current(pick_device(configs[0].device))
-    with ExitStack() as stack:
-        refused = None
-        if world.main:
-            try:
-                stack.enter_context(folder_locks(c.output for c in configs))
-            except FolderLockedError as e:
-                refused = str(e)
-        refused = world.share(refused)  # every process stops, not only the main one
-        if refused:
-            raise FolderLockedError(refused)
+    with world_locks(world, [c.output for c in configs]):
         return _build_together(configs, world)
 
 

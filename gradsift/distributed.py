@@ -8,9 +8,14 @@ Started any other way, the world is this one process and every collective is a n
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 import torch
+
+from .locks import FolderLockedError, folder_locks
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,14 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def sum_(self, tensors: list[torch.Tensor]) -> None:
+        """Sum each tensor over the processes, in place (gradients: data parallelism)."""
+        if self.size > 1:
+            import torch.distributed as dist
+
+            for tensor in tensors:
+                dist.all_reduce(tensor)
+
     def gather(self, value) -> list:
         """Every process's ``value``, in rank order, on every process."""
         if self.size == 1:
@@ -67,6 +80,23 @@ class World:
         out = [None] * self.size
         dist.all_gather_object(out, value)
         return out
+
+
+@contextmanager
+def world_locks(world: World, folders: list[Path]) -> Iterator[None]:
+    """The folders' write locks for a job of one or many processes: the main process holds them for
+    the whole job, and if it is refused every process stops with its message."""
+    with ExitStack() as stack:
+        refused = None
+        if world.main:
+            try:
+                stack.enter_context(folder_locks(folders))
+            except FolderLockedError as e:
+                refused = str(e)
+        refused = world.share(refused)
+        if refused:
+            raise FolderLockedError(refused)
+        yield
 
 
 def shard_bounds(tokens: list[int], chunk_size: int, parts: int) -> list[tuple[int, int]]:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .files import atomic_copy, partial_name
-from .locks import folder_lock
+from .distributed import World, world_locks
+from .models import pick_device
 from .training import Run, train_run
 
 FINAL_FILES = {False: ("adapter_config.json", "adapter_model.safetensors"), True: ("config.json", "model.safetensors")}
@@ -24,9 +25,12 @@ FINAL_FILES = {False: ("adapter_config.json", "adapter_model.safetensors"), True
 
 def train(config: TrainConfig) -> Run:
     """Train (or resume, or return if complete) and put the final weights at the top of OUTPUT."""
-    with folder_lock(config.output):
+    world = World.current(pick_device(config.device))
+    with world_locks(world, [config.output]):
         run = train_run(config, config.model, config.data, config.output, full=config.full, keep_optimizer_states=False)
-        _export_final(run)
+        if world.main:
+            _export_final(run)
+        world.barrier()
     return run
 
 

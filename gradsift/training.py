@@ -36,6 +36,7 @@ from .data import ChatEncoder, collate, encode_refs, index_examples, per_example
 from .errors import ConfigError
 from .features import AdamState
 from .faults import stop_point
+from .distributed import World
 from .files import atomic_write_json, checksums, partial_name, read_json
 from .models import ModelInfo, load_model, pick_device
 
@@ -239,14 +240,16 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
         if existing.complete:
             return existing
 
-    device = pick_device(settings.device)
+    world = World.current(pick_device(settings.device))
+    device = world.device(pick_device(settings.device))
     base, tokenizer, info = load_model(model_spec, device)
     if existing is not None and existing.model.fingerprint != info.fingerprint:
         raise ConfigError(f"{output} was trained from another model ({existing.model.name})")
     encoder = ChatEncoder(tokenizer, settings.max_length)
     examples, bad, files = index_examples(data, encoder, settings.skip_bad_records)
     usable = [e for e in examples if e.label_tokens > 0]
-    print_skips("train", bad, len(examples) - len(usable), f"{output}/run.json")
+    if world.main:
+        print_skips("train", bad, len(examples) - len(usable), f"{output}/run.json")
     if not usable:
         raise ConfigError(f"no usable training examples in {[str(p) for p in data]}")
     rng = np.random.default_rng(settings.seed)
@@ -268,14 +271,14 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
 
     run = existing or Run(output, uuid.uuid4().hex, info, fingerprint, [], False, [asdict(f) for f in files],
                           [asdict(b) for b in bad])
-    output.mkdir(parents=True, exist_ok=True)
     if run.checkpoints:
         _restore(model, optimizer, run.checkpoints[-1], full)
         with warnings.catch_warnings():  # fast-forwarding the schedule is not a skipped optimizer step
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(run.checkpoints[-1].step):
                 scheduler.step()
-    run.save()
+    if world.main:
+        run.save()
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
@@ -283,17 +286,25 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
         torch.manual_seed(settings.seed * 1000 + epoch)  # dropout: the same whether or not the run resumed
         order = np.random.default_rng([settings.seed, epoch]).permutation(len(encoded))
         lrs = []
-        bar = tqdm(range(steps_per_epoch), desc=f"{output.name} epoch {epoch}/{settings.epochs}", unit="step")
+        bar = tqdm(range(steps_per_epoch), desc=f"{output.name} epoch {epoch}/{settings.epochs}", unit="step",
+                   disable=not world.main)
         for step in bar:
             chosen = order[step * settings.batch_size: (step + 1) * settings.batch_size]
+            mine = chosen[world.rank::world.size]  # data parallel: each process takes its share of the batch
             lrs.append(scheduler.get_last_lr()[0])
-            total_loss = 0.0
-            for k in range(0, len(chosen), settings.micro_batch_size):
-                batch = collate([encoded[i] for i in chosen[k: k + settings.micro_batch_size]], tokenizer.pad_token_id)
+            total_loss = torch.zeros((), dtype=torch.float64, device=device)
+            for k in range(0, len(mine), settings.micro_batch_size):
+                batch = collate([encoded[i] for i in mine[k: k + settings.micro_batch_size]], tokenizer.pad_token_id)
                 with autocast:
                     loss = per_example_loss(model, {n: t.to(device) for n, t in batch.items()}).sum() / len(chosen)
                 loss.backward()
-                total_loss += loss.item()
+                total_loss += loss.detach()
+            if world.size > 1:
+                for p in params:  # a process whose share was empty still takes part in the sum
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                world.sum_([total_loss] + [p.grad for p in params])
+            total_loss = total_loss.item()
             if not math.isfinite(total_loss):  # one step would make every weight NaN
                 raise ConfigError(f"{output}: the training loss is {total_loss} at epoch {epoch}, step {step + 1}; "
                                   "check the model's weights and lower --learning-rate")
@@ -303,12 +314,16 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
             stop_point("train:step")
             bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lrs[-1]:.2e}")
         step_count = epoch * steps_per_epoch
-        run.checkpoints.append(_save_checkpoint(run, model, optimizer, epoch, step_count, float(np.mean(lrs))))
-        stop_point("train:checkpoint-saved")  # the checkpoint folder is whole, run.json does not list it yet
+        if world.main:  # the processes hold the same weights and moments: one of them writes
+            run.checkpoints.append(_save_checkpoint(run, model, optimizer, epoch, step_count, float(np.mean(lrs))))
+            stop_point("train:checkpoint-saved")  # the checkpoint folder is whole, run.json does not list it yet
+            run.save()
+            stop_point("train:epoch-done")
+            if not keep_optimizer_states and len(run.checkpoints) > 1:
+                _drop_optimizer_state(run.checkpoints[-2])
+        world.barrier()
+    if world.main:
+        run.complete = True
         run.save()
-        stop_point("train:epoch-done")
-        if not keep_optimizer_states and len(run.checkpoints) > 1:
-            _drop_optimizer_state(run.checkpoints[-2])
-    run.complete = True
-    run.save()
-    return run
+    world.barrier()
+    return run if world.main else Run.open(output)

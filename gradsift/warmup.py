@@ -8,7 +8,8 @@ features and checkpoint weights. An interrupted warmup resumes from its last com
 from __future__ import annotations
 
 from .config import WarmupConfig
-from .locks import folder_lock
+from .distributed import World, world_locks
+from .models import pick_device
 from .training import Run, train_run
 
 __all__ = ["WarmupConfig", "warmup"]
@@ -16,5 +17,5 @@ __all__ = ["WarmupConfig", "warmup"]
 
 def warmup(config: WarmupConfig) -> Run:
     """Train the warmup LoRA and write one checkpoint per epoch; resume or skip if already (partly) done."""
-    with folder_lock(config.output):
+    with world_locks(World.current(pick_device(config.device)), [config.output]):
         return train_run(config, config.model, config.train, config.output, fraction=config.fraction)

@@ -10,7 +10,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import chat_records, write_jsonl
+from safetensors.torch import load_file
 from test_crash import SMALL, contents
 
 from gradsift.cli import main
@@ -67,3 +69,27 @@ def test_a_killed_rank_resumes_on_relaunch(setup, tmp_path):
     done = torchrun(argv(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert contents(out) == single
+
+
+@pytest.mark.parametrize("command", ["warmup", "train"])
+def test_data_parallel_training_matches_one_process(tiny_model_dir, command, tmp_path):
+    """Each process takes half of every batch and the gradients are summed: the checkpoints equal a
+    one-process run's up to float rounding (no dropout: its masks are drawn per process)."""
+    pool = write_jsonl(tmp_path / "pool.jsonl", chat_records(random.Random(3), 14, "p"))
+    data = ["--train", str(pool), "--fraction", "1"] if command == "warmup" else ["--data", str(pool)]
+    argv = lambda out: [command, "--model", str(tiny_model_dir), *data, "--epochs", "2", "--lora-dropout", "0",  # noqa: E731
+                        "--learning-rate", "1e-2", *SMALL, "--output", str(out)]
+    assert main(argv(tmp_path / "one")) == 0
+    done = torchrun(argv(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (sorted((tmp_path / n).glob("checkpoint-*")) for n in ("one", "two"))
+    assert [c.name for c in one] == [c.name for c in two] == ["checkpoint-4", "checkpoint-8"]
+    for a, b in zip(one, two):
+        for name in ("adapter_model.safetensors", "optimizer.safetensors"):
+            if (a / name).exists() or (b / name).exists():
+                x, y = load_file(a / name), load_file(b / name)
+                assert x.keys() == y.keys()
+                for key in x:
+                    torch.testing.assert_close(y[key], x[key], rtol=1e-4, atol=1e-6)
+    if command == "train":  # the final adapter exported once, at the top
+        assert (tmp_path / "two" / "adapter_model.safetensors").exists()
