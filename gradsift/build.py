@@ -44,7 +44,7 @@ def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, project
         "gradient": config.gradient,
         "adam_form": config.adam_form if config.gradient == "adam" else None,
         "projection": projection,
-        "dtype": "float16",
+        "dtype": config.dtype,
         "max_length": max_length,
         "parameters": {"count": grads.size, "layout": names.hexdigest()},
         "files": [asdict(f) for f in files],
@@ -57,7 +57,7 @@ def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, project
 
 
 # Settings that may differ between stores built together from one gradient pass.
-PROJECTION_SETTINGS = ("projection", "dim", "seed", "output")
+PROJECTION_SETTINGS = ("projection", "dim", "seed", "dtype", "output")
 
 
 def build(config: BuildConfig) -> GradientStore:
@@ -67,7 +67,7 @@ def build(config: BuildConfig) -> GradientStore:
 
 def build_together(configs: list[BuildConfig]) -> list[GradientStore]:
     """Build several stores of the same run, data and gradient kind that differ only in projection
-    (kind, dim, seed) from one pass of per-example gradients: the forward, backward and Adam
+    (kind, dim, seed) or row dtype from one pass of per-example gradients: the forward, backward and Adam
     transform are shared, only the (cheap) projections are repeated. Each store resumes on its own.
 
     Under torchrun every process computes one length-balanced shard of the rows (``shard_bounds``)
@@ -80,7 +80,7 @@ def build_together(configs: list[BuildConfig]) -> list[GradientStore]:
 def _build_together(configs: list[BuildConfig], world: World) -> list[GradientStore]:
     shared = [{k: v for k, v in asdict(c).items() if k not in PROJECTION_SETTINGS} for c in configs]
     if any(s != shared[0] for s in shared):
-        raise ConfigError("stores built together must differ only in projection, dim and seed")
+        raise ConfigError("stores built together must differ only in projection, dim, seed and dtype")
     if len({Path(c.output).resolve() for c in configs}) != len(configs):
         raise ConfigError("stores built together need distinct outputs")
     config = configs[0]

@@ -14,6 +14,7 @@ from .files import file_sha256, require_data_file
 AdamForm = Literal["corrected", "less"]  # gradsift.features.adam_update
 ProjectionKind = Literal["dense", "sparse", "kronecker"]  # gradsift.projection.PROJECTORS
 Aggregate = Literal["subtask-mean-max", "mean", "max"]  # gradsift.scoring.aggregate
+StoreDtype = Literal["float16", "int8", "bit"]  # gradsift.compact
 MethodName = Literal["less", "random", "bm25", "rds", "full"]  # gradsift.methods.METHODS
 
 
@@ -84,6 +85,9 @@ class BuildConfig:
         "help": "sparse: sparse JL (default: as faithful as dense, 8x faster on a CPU); dense: Rademacher JL "
                 "(the reference); kronecker: per-parameter two-sided"})
     dim: int = field(default=8192, metadata={"help": "projected dimensions"})
+    dtype: StoreDtype = field(default="float16", metadata={
+        "help": "how rows are stored: float16; int8 (one scale per row, half the size); bit (packed signs, "
+                "1/16 the size; cosine estimated from the Hamming distance)"})
     seed: int = field(default=0, metadata={"help": "projection seed (the same for every store to compare)"})
     max_length: int | None = field(default=None, metadata={"help": "truncate to this many tokens (default: the run's)"})
     batch_size: int = field(default=16, metadata={"help": "examples per batched backward pass"})

@@ -6,7 +6,10 @@ On disk (format version ``STORE_FORMAT``)::
       manifest.json            everything that decides whether two stores can be compared
       index.jsonl              one line per row: file, line, byte span, id, source, subtask,
                                tokens, label_tokens, status ("ok" | "no_label_tokens")
-      features/<checkpoint>.npy  (rows, dim) float16, L2-normalised rows, memory-mappable
+      features/<checkpoint>.npy  the L2-normalised rows, memory-mappable, as the manifest's dtype
+                               says (``gradsift.compact``): float16 (rows, dim), int8 (rows, dim)
+                               or bit (rows, dim/8 packed signs)
+      features/<checkpoint>.scale.npy  (rows,) float32, for int8 and bit rows
       progress.json            rows committed per checkpoint (rows are committed in order)
 
 Once complete, the manifest records the sha256 of the index and of every feature file (``checksums``).
@@ -23,16 +26,27 @@ from pathlib import Path
 
 import numpy as np
 
+from .compact import decode_rows, encode_rows, has_scale, numpy_dtype, stored_shape
 from .data import ExampleRef
 from .errors import ConfigError, StoreMismatchError
 from .faults import stop_point
 from .files import atomic_write_bytes, atomic_write_json, checksums, read_json
 
 STORE_FORMAT = 1
-FEATURE_DTYPE = np.float16
 
 # Manifest fields that must agree between a pool store and a target store before they are compared.
 COMPARABLE = ("format", "model", "run", "checkpoints", "projection", "max_length", "parameters")
+
+
+def store_layout(path: Path, manifest: dict) -> list[tuple[Path, tuple]]:
+    """(file, shape) of every feature and scale file a store's manifest calls for."""
+    rows, dim, dtype = manifest["rows"], manifest["projection"]["dim"], manifest.get("dtype", "float16")
+    out = []
+    for c in manifest["checkpoints"]:
+        out.append((Path(path) / "features" / f"{c['name']}.npy", stored_shape(dtype, rows, dim)))
+        if has_scale(dtype):
+            out.append((Path(path) / "features" / f"{c['name']}.scale.npy", (rows,)))
+    return out
 
 
 class GradientStore:
@@ -47,11 +61,14 @@ class GradientStore:
         (path / "features").mkdir(parents=True, exist_ok=True)
         manifest = {**manifest, "format": STORE_FORMAT, "status": "building", "rows": len(index)}
         cls._write_index(path, index)
-        dim = manifest["projection"]["dim"]
+        dtype, shape = manifest["dtype"], stored_shape(manifest["dtype"], len(index), manifest["projection"]["dim"])
         for checkpoint in manifest["checkpoints"]:
             np.lib.format.open_memmap(
-                cls._feature_path(path, checkpoint["name"]), mode="w+", dtype=FEATURE_DTYPE, shape=(len(index), dim)
+                cls._feature_path(path, checkpoint["name"]), mode="w+", dtype=numpy_dtype(dtype), shape=shape
             ).flush()
+            if has_scale(dtype):
+                np.lib.format.open_memmap(cls._scale_path(path, checkpoint["name"]), mode="w+", dtype=np.float32,
+                                          shape=(len(index),)).flush()
         atomic_write_json(path / "progress.json", {c["name"]: 0 for c in manifest["checkpoints"]})
         atomic_write_json(path / "manifest.json", manifest)  # last: its presence means the layout is whole
         return cls(path, manifest, index)
@@ -69,22 +86,27 @@ class GradientStore:
         if len(index) != manifest["rows"]:
             raise ConfigError(f"{path}: index.jsonl has {len(index)} rows, the manifest says {manifest['rows']}")
         store = cls(path, manifest, index)
-        for checkpoint in store.checkpoints:  # every feature file there, whole, with the manifest's shape
-            file = cls._feature_path(path, checkpoint["name"])
+        for file, shape in store._layout():  # every feature file there, whole, with the manifest's shape
             if not file.is_file():
                 raise ConfigError(f"{file}: feature file is missing; rebuild the store with `gradsift build`")
             try:
-                shape = store.features(checkpoint["name"]).shape
+                found = np.load(file, mmap_mode="r").shape
             except (OSError, ValueError) as e:
                 raise ConfigError(f"{file}: feature file is truncated or damaged ({e}); rebuild the store") from None
-            if shape != (len(index), manifest["projection"]["dim"]):
-                raise ConfigError(f"{file}: feature file has shape {shape}, the manifest says "
-                                  f"{(len(index), manifest['projection']['dim'])}; rebuild the store")
+            if found != shape:
+                raise ConfigError(f"{file}: feature file has shape {found}, the manifest says {shape}; rebuild the store")
         return store
+
+    def _layout(self) -> list[tuple[Path, tuple]]:
+        return store_layout(self.path, self.manifest)
 
     @staticmethod
     def _feature_path(path: Path, checkpoint: str) -> Path:
         return path / "features" / f"{checkpoint}.npy"
+
+    @staticmethod
+    def _scale_path(path: Path, checkpoint: str) -> Path:
+        return path / "features" / f"{checkpoint}.scale.npy"
 
     # -- reading ---------------------------------------------------------------------------------
     @property
@@ -99,8 +121,22 @@ class GradientStore:
     def complete(self) -> bool:
         return self.manifest["status"] == "complete"
 
+    @property
+    def dtype(self) -> str:
+        return self.manifest.get("dtype", "float16")
+
     def features(self, checkpoint: str, mode: str = "r") -> np.memmap:
+        """The stored rows as they are on disk (see ``dtype``); ``rows`` decodes them."""
         return np.load(self._feature_path(self.path, checkpoint), mmap_mode=mode)
+
+    def scales(self, checkpoint: str, mode: str = "r") -> np.memmap | None:
+        return np.load(self._scale_path(self.path, checkpoint), mmap_mode=mode) if has_scale(self.dtype) else None
+
+    def rows(self, checkpoint: str, which=slice(None)) -> np.ndarray:
+        """Rows ``which`` (a slice or an index array) as float32 for scoring (``compact.decode_rows``)."""
+        scales = self.scales(checkpoint)
+        return decode_rows(self.features(checkpoint)[which], None if scales is None else scales[which], self.dtype,
+                           self.manifest["projection"]["dim"])
 
     def ok_mask(self) -> np.ndarray:
         return np.array([ref.status == "ok" for ref in self.index], dtype=bool)
@@ -153,10 +189,16 @@ class GradientStore:
         if start != progress[checkpoint]:
             raise RuntimeError(f"{self.path}: rows of {checkpoint} must be committed in order "
                                f"(next is {progress[checkpoint]}, got {start})")
+        stored, scale = encode_rows(rows, self.dtype)
         features = self.features(checkpoint, mode="r+")
-        features[start: start + len(rows)] = rows.astype(FEATURE_DTYPE)
+        features[start: start + len(rows)] = stored
         features.flush()
         del features
+        if scale is not None:
+            scales = self.scales(checkpoint, mode="r+")
+            scales[start: start + len(rows)] = scale
+            scales.flush()
+            del scales
         stop_point("store:rows-written")  # on disk, not yet committed
         progress[checkpoint] = start + len(rows)
         atomic_write_json(self.path / progress_file, progress)
@@ -177,21 +219,22 @@ class GradientStore:
         "non_finite_gradient" and become zero, so no score ever sees them. The index is rewritten before
         the rows are zeroed: a build killed in between finds the status already recorded."""
         found = set()
-        for checkpoint in self.checkpoints:
-            features = self.features(checkpoint["name"])
+        for checkpoint in self.checkpoints:  # compact rows keep a non-finite row's NaN in its scale
+            values = self.scales(checkpoint["name"]) if has_scale(self.dtype) else self.features(checkpoint["name"])
             for start in range(0, len(self.index), chunk):
-                block = np.asarray(features[start: start + chunk])
+                block = np.asarray(values[start: start + chunk]).reshape(min(chunk, len(self.index) - start), -1)
                 found.update((start + np.flatnonzero(~np.isfinite(block).all(axis=1))).tolist())
-            del features
+            del values
         new = sorted(i for i in found if not self.index[i].non_finite_gradient)
         if new:
             self.index = [replace(ref, non_finite_gradient=True) if i in found else ref for i, ref in enumerate(self.index)]
             self._write_index(self.path, self.index)
         for checkpoint in self.checkpoints if found else []:
-            features = self.features(checkpoint["name"], mode="r+")
-            features[sorted(found)] = 0
-            features.flush()
-            del features
+            for values in (self.features(checkpoint["name"], mode="r+"), self.scales(checkpoint["name"], mode="r+")):
+                if values is not None:
+                    values[sorted(found)] = 0
+                    values.flush()
+            del values
         flagged = [ref for ref in self.index if ref.non_finite_gradient]
         self.manifest["counts"] = {**self.manifest["counts"], "ok": sum(ref.status == "ok" for ref in self.index),
                                    "non_finite_gradient": len(flagged)}
@@ -203,8 +246,8 @@ class GradientStore:
         atomic_write_bytes(path / "index.jsonl", lines.encode())
 
     def stored_files(self) -> list[str]:
-        """The store's data files, relative to its folder: the index and one feature file per checkpoint."""
-        return ["index.jsonl"] + [str(self._feature_path(Path(), c["name"])) for c in self.checkpoints]
+        """The store's data files, relative to its folder: the index, the feature (and scale) files."""
+        return ["index.jsonl"] + [str(file.relative_to(self.path)) for file, _ in self._layout()]
 
     # -- comparing -------------------------------------------------------------------------------
     def check_comparable(self, other: "GradientStore") -> None:

@@ -110,6 +110,8 @@ def _size(path: Path) -> str:
 def _store(found: Inspection, verify: bool) -> None:
     import numpy as np
 
+    from .datastore import store_layout
+
     path = found.path
     manifest = read_json(path / "manifest.json")
     progress = read_json(path / "progress.json") if (path / "progress.json").is_file() else {}
@@ -133,15 +135,14 @@ def _store(found: Inspection, verify: bool) -> None:
         found.add("skipped", f"{bad.get('file')}:{bad.get('line')}: {bad.get('problem')}")
     found.add("checkpoints", ", ".join(f"{c['name']} (weight {c['weight']:.3f})" for c in manifest["checkpoints"]))
     found.add("data files", _listing([f["path"] for f in manifest["files"]], [f["records"] for f in manifest["files"]]))
-    for c in manifest["checkpoints"]:  # structure: every feature file there with its shape
-        file = path / "features" / f"{c['name']}.npy"
+    for file, expected in store_layout(path, manifest):  # structure: every feature file there with its shape
         try:
             shape = np.load(file, mmap_mode="r").shape
         except (OSError, ValueError) as e:
             found.problems.append(f"{file}: feature file is missing or unreadable ({e})")
             continue
-        if shape != (rows, projection["dim"]):
-            found.problems.append(f"{file}: feature file has shape {shape}, the manifest says {(rows, projection['dim'])}")
+        if shape != expected:
+            found.problems.append(f"{file}: feature file has shape {shape}, the manifest says {expected}")
     if verify:
         if "checksums" in manifest:
             _check_hashes(found, path, manifest["checksums"], "store")

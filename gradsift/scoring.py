@@ -17,11 +17,14 @@ def checkpoint_weights(lrs: list[float]) -> np.ndarray:
     return lrs / lrs.sum()
 
 
-def weighted_similarity(pool: list[torch.Tensor], target: list[torch.Tensor], weights: np.ndarray) -> torch.Tensor:
-    """s_ij = sum_c w_c cos(pool_i^c, target_j^c) for unit-norm rows: (n_pool, n_target), float32."""
+def weighted_similarity(pool: list[torch.Tensor], target: list[torch.Tensor], weights: np.ndarray,
+                        estimate=None) -> torch.Tensor:
+    """s_ij = sum_c w_c cos(pool_i^c, target_j^c) for unit-norm rows: (n_pool, n_target), float32.
+    ``estimate`` turns each checkpoint's dot products into cosines (sign vectors: ``compact.sign_cosine``)."""
     total = torch.zeros(pool[0].shape[0], target[0].shape[0])
     for p, t, w in zip(pool, target, weights):
-        total += float(w) * (p.float() @ t.float().T)
+        dot = p.float() @ t.float().T
+        total += float(w) * (dot if estimate is None else estimate(dot))
     return total
 
 

@@ -242,11 +242,11 @@ def test_interrupted_build_resumes_to_identical_bytes(stores, run, data, tmp_pat
     real_write = GradientStore.write_rows
     calls = []
 
-    def write_then_crash(self, checkpoint, start, rows):
+    def write_then_crash(self, checkpoint, start, rows, *progress):
         if len(calls) == 5:  # 4 chunks per checkpoint: dies inside the second checkpoint
             raise KeyboardInterrupt("killed")
         calls.append((checkpoint, start))
-        return real_write(self, checkpoint, start, rows)
+        return real_write(self, checkpoint, start, rows, *progress)
 
     monkeypatch.setattr(GradientStore, "write_rows", write_then_crash)
     with pytest.raises(KeyboardInterrupt):
@@ -263,7 +263,7 @@ def test_interrupted_build_resumes_to_identical_bytes(stores, run, data, tmp_pat
 
     resumed_writes = []
     monkeypatch.setattr(GradientStore, "write_rows",
-                        lambda self, c, s, r: (resumed_writes.append((c, s)), real_write(self, c, s, r))[1])
+                        lambda self, c, s, r, *p: (resumed_writes.append((c, s)), real_write(self, c, s, r, *p))[1])
     resumed = build(pool_config(run, data, output))
     assert resumed.complete
     assert resumed_writes == [(second, 16), (second, 32), (second, 48)]  # nothing committed is redone

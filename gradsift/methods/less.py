@@ -10,9 +10,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..compact import as_signs, sign_cosine
 from ..errors import ConfigError
 from ..scoring import checkpoint_weights, weighted_similarity
 from .base import Pool, SimilarityMethod, Target
+
+
+CHUNK_BYTES = 1 << 29  # decoded pool rows held at a time: memory stays flat however large the store
 
 
 @dataclass
@@ -26,11 +30,15 @@ class Less(SimilarityMethod):
             pool.store.check_comparable(target.store)
         weights = checkpoint_weights([c["lr"] for c in pool.store.checkpoints])
         names = [c["name"] for c in pool.store.checkpoints]
+        # sign rows (a bit store on either side) are compared as signs, by their Hamming estimate
+        signs = "bit" in {pool.store.dtype, *(t.store.dtype for t in targets)}
+        to_signs = as_signs if signs else (lambda rows: rows)
         rows = [np.flatnonzero(t.store.ok_mask()) for t in targets]
-        target_feats = [[torch.from_numpy(np.asarray(t.store.features(c)[r], np.float32)) for c in names]
-                        for t, r in zip(targets, rows)]
-        pool_feats = [pool.store.features(c) for c in names]
-        n = len(pool.refs)
-        for start in tqdm(range(0, n, self.chunk_rows), desc="score", unit="chunk", disable=n <= self.chunk_rows):
-            chunk = [torch.from_numpy(np.asarray(f[start: start + self.chunk_rows], np.float32)) for f in pool_feats]
-            yield start, [weighted_similarity(chunk, feats, weights) for feats in target_feats]
+        target_feats = [[torch.from_numpy(to_signs(t.store.rows(c, r))) for c in names] for t, r in zip(targets, rows)]
+        n, dim = len(pool.refs), pool.store.manifest["projection"]["dim"]
+        step = max(1, min(self.chunk_rows, CHUNK_BYTES // (4 * dim * len(names))))  # decoded rows are float32
+        for start in tqdm(range(0, n, step), desc="score", unit="chunk", disable=n <= step):
+            which = slice(start, start + step)
+            chunk = [torch.from_numpy(to_signs(pool.store.rows(c, which))) for c in names]
+            yield start, [weighted_similarity(chunk, feats, weights, sign_cosine if signs else None)
+                          for feats in target_feats]
