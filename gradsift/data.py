@@ -319,7 +319,7 @@ def print_skips(stage: str, bad: list, no_label_tokens: int, listed_in: str) -> 
     """One line saying what a stage skipped, and where the skipped records are listed."""
     if bad or no_label_tokens:
         print(f"{stage}: skipped {len(bad)} malformed records and {no_label_tokens} without label tokens "
-              f"(listed in {listed_in})")
+              f"(left after truncation; the malformed ones are listed in {listed_in})")
 
 
 def encode_refs(refs: list[ExampleRef], encoder: ChatEncoder) -> list[tuple[list[int], list[int]]]:
