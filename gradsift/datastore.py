@@ -4,8 +4,9 @@ On disk (format version ``STORE_FORMAT``)::
 
     STORE/
       manifest.json            everything that decides whether two stores can be compared
-      index.jsonl              one line per row: file, line, byte span, id, source, subtask,
-                               tokens, label_tokens, status ("ok" | "no_label_tokens")
+      index.parquet            one row per example (``gradsift.store_index``): file, line, byte
+                               span, id, source, subtask, tokens, label_tokens, chars, and whether
+                               its gradient was non-finite (a format-1 store has index.jsonl)
       features/<checkpoint>.npy  the L2-normalised rows, memory-mappable, as the manifest's dtype
                                says (``gradsift.compact``): float16 (rows, dim), int8 (rows, dim)
                                or bit (rows, dim/8 packed signs)
@@ -21,7 +22,6 @@ Rows follow the data files in the order given, records in file order. A row whos
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +31,17 @@ from .data import ExampleRef
 from .errors import ConfigError, StoreMismatchError
 from .faults import stop_point
 from .files import atomic_write_bytes, atomic_write_json, checksums, read_json
+from .store_index import StoreIndex
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: the index as JSON lines
 
 # Manifest fields that must agree between a pool store and a target store before they are compared.
-COMPARABLE = ("format", "model", "run", "checkpoints", "projection", "max_length", "parameters")
+COMPARABLE = ("model", "run", "checkpoints", "projection", "max_length", "parameters")
+
+
+def _index_name(store_format: int) -> str:
+    return "index.parquet" if store_format >= 2 else "index.jsonl"
 
 
 def store_layout(path: Path, manifest: dict) -> list[tuple[Path, tuple]]:
@@ -50,7 +56,7 @@ def store_layout(path: Path, manifest: dict) -> list[tuple[Path, tuple]]:
 
 
 class GradientStore:
-    def __init__(self, path: Path, manifest: dict, index: list[ExampleRef]):
+    def __init__(self, path: Path, manifest: dict, index: StoreIndex):
         self.path, self.manifest, self.index = Path(path), manifest, index
 
     # -- creating and opening ------------------------------------------------------------------
@@ -60,7 +66,8 @@ class GradientStore:
         path = Path(path)
         (path / "features").mkdir(parents=True, exist_ok=True)
         manifest = {**manifest, "format": STORE_FORMAT, "status": "building", "rows": len(index)}
-        cls._write_index(path, index)
+        index = StoreIndex.from_refs(index)
+        cls._write_index(path, index, STORE_FORMAT)
         dtype, shape = manifest["dtype"], stored_shape(manifest["dtype"], len(index), manifest["projection"]["dim"])
         for checkpoint in manifest["checkpoints"]:
             np.lib.format.open_memmap(
@@ -79,12 +86,16 @@ class GradientStore:
         if not (path / "manifest.json").exists():
             raise ConfigError(f"{path} is not a gradient store (no manifest.json); build one with `gradsift build`")
         manifest = read_json(path / "manifest.json")
-        if manifest.get("format") != STORE_FORMAT:
-            raise ConfigError(f"{path}: store format {manifest.get('format')} is not the supported {STORE_FORMAT}")
-        with open(path / "index.jsonl") as f:
-            index = [ExampleRef(**json.loads(line)) for line in f]
+        if manifest.get("format") not in READABLE_FORMATS:
+            raise ConfigError(f"{path}: store format {manifest.get('format')} is not one this gradsift reads "
+                              f"({READABLE_FORMATS}); upgrade gradsift or rebuild the store")
+        index_file = path / _index_name(manifest["format"])
+        try:
+            index = StoreIndex.read(path)
+        except (OSError, ValueError) as e:  # pyarrow's errors are OSError or ValueError subclasses
+            raise ConfigError(f"{index_file}: cannot read the store's index ({e}); rebuild the store") from None
         if len(index) != manifest["rows"]:
-            raise ConfigError(f"{path}: index.jsonl has {len(index)} rows, the manifest says {manifest['rows']}")
+            raise ConfigError(f"{index_file}: {len(index)} rows, the manifest says {manifest['rows']}")
         store = cls(path, manifest, index)
         for file, shape in store._layout():  # every feature file there, whole, with the manifest's shape
             if not file.is_file():
@@ -139,7 +150,7 @@ class GradientStore:
                            self.manifest["projection"]["dim"])
 
     def ok_mask(self) -> np.ndarray:
-        return np.array([ref.status == "ok" for ref in self.index], dtype=bool)
+        return self.index.ok_mask()
 
     # -- writing (resumable) ---------------------------------------------------------------------
     def committed(self, progress_file: str = "progress.json") -> dict[str, int]:
@@ -225,29 +236,29 @@ class GradientStore:
                 block = np.asarray(values[start: start + chunk]).reshape(min(chunk, len(self.index) - start), -1)
                 found.update((start + np.flatnonzero(~np.isfinite(block).all(axis=1))).tolist())
             del values
-        new = sorted(i for i in found if not self.index[i].non_finite_gradient)
-        if new:
-            self.index = [replace(ref, non_finite_gradient=True) if i in found else ref for i, ref in enumerate(self.index)]
-            self._write_index(self.path, self.index)
+        flagged = self.index.column("non_finite_gradient").astype(bool)
+        if any(not flagged[i] for i in found):
+            self.index = self.index.with_non_finite(found)
+            self._write_index(self.path, self.index, self.manifest["format"])
         for checkpoint in self.checkpoints if found else []:
             for values in (self.features(checkpoint["name"], mode="r+"), self.scales(checkpoint["name"], mode="r+")):
                 if values is not None:
                     values[sorted(found)] = 0
                     values.flush()
             del values
-        flagged = [ref for ref in self.index if ref.non_finite_gradient]
-        self.manifest["counts"] = {**self.manifest["counts"], "ok": sum(ref.status == "ok" for ref in self.index),
+        flagged = self.index.take(np.flatnonzero(self.index.column("non_finite_gradient")))
+        self.manifest["counts"] = {**self.manifest["counts"], "ok": int(self.ok_mask().sum()),
                                    "non_finite_gradient": len(flagged)}
         self.manifest["non_finite_gradient"] = [f"{ref.file}:{ref.line}" for ref in flagged]
 
     @staticmethod
-    def _write_index(path: Path, index: list[ExampleRef]) -> None:
-        lines = "".join(json.dumps(asdict(ref), ensure_ascii=False) + "\n" for ref in index)
-        atomic_write_bytes(path / "index.jsonl", lines.encode())
+    def _write_index(path: Path, index: StoreIndex, store_format: int) -> None:
+        data = index.to_parquet() if store_format >= 2 else index.to_jsonl()
+        atomic_write_bytes(path / _index_name(store_format), data)
 
     def stored_files(self) -> list[str]:
         """The store's data files, relative to its folder: the index, the feature (and scale) files."""
-        return ["index.jsonl"] + [str(file.relative_to(self.path)) for file, _ in self._layout()]
+        return [_index_name(self.manifest["format"])] + [str(f.relative_to(self.path)) for f, _ in self._layout()]
 
     # -- comparing -------------------------------------------------------------------------------
     def check_comparable(self, other: "GradientStore") -> None:

@@ -115,7 +115,7 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
 
 def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, subtasks: list[str] | None) -> None:
     index = pool.refs
-    records = read_records([index[i] for i in sel.selected])
+    records = read_records(index.take(sel.selected))
     outputs = {"selected.jsonl": b"".join(r + b"\n" for r in records)}
 
     ranks = np.zeros(len(index), dtype=np.int64)
@@ -132,8 +132,9 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
     for name, data in outputs.items():
         atomic_write_bytes(sel.output / name, data)
 
-    pool_sources = Counter(ref.source for ref in index)
-    picked_sources = Counter(index[i].source for i in sel.selected)
+    sources = index.column("source")
+    pool_sources = Counter(sources.tolist())
+    picked_sources = Counter(sources[sel.selected].tolist())
     valid = sel.scores[sel.scored]
     summary = {
         "target": sel.target,
@@ -144,7 +145,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         "target_files": target.files,
         "file_sha256": {**pool.file_sha256, **target.file_sha256},
         "pool": {"examples": len(index), "scored": int(sel.scored.sum()),
-                 "skipped": {**{s: sum(index[i].status == s for i in np.flatnonzero(~sel.scored))
+                 "skipped": {**{s: sum(r.status == s for r in index.take(np.flatnonzero(~sel.scored)))
                                 for s in ("no_label_tokens", "non_finite_gradient")},
                              "bad_records": len(pool.bad_records)}},
         "selected": len(sel.selected),

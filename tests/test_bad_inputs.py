@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import chat_records, write_jsonl, write_parquet
@@ -225,8 +226,8 @@ def test_a_non_finite_gradient_is_set_aside_and_never_scored(ctx, tmp_path, caps
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["counts"]["non_finite_gradient"] == 1 and manifest["counts"]["ok"] == 5
     assert manifest["non_finite_gradient"] == [f"{pool.resolve()}:3"]
-    index = [json.loads(line) for line in (store / "index.jsonl").read_text().splitlines()]
-    assert [r["non_finite_gradient"] for r in index] == [False, False, True, False, False, False]
+    index = pq.read_table(store / "index.parquet").column("non_finite_gradient").to_pylist()
+    assert index == [False, False, True, False, False, False]
     (features,) = (np.load(f) for f in (store / "features").iterdir())
     assert np.isfinite(features).all() and not features[2].any()
     assert main(["select", "--train-store", str(store), "--target-store", str(target_store), "--count", "2",

@@ -64,7 +64,7 @@ def reference_store(setup):
     "store:rows-committed@2",    # between chunks
     "replace:progress.json@4",   # while the progress file is replaced
     "replace:manifest.json@2",   # during the final manifest write (the first is the layout's)
-    "replace:index.jsonl@1",     # while laying out the store
+    "replace:index.parquet@1",   # while laying out the store
 ])
 def test_a_killed_build_resumes_to_the_same_store(setup, reference_store, point, tmp_path):
     out = tmp_path / "store"

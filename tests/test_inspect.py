@@ -63,7 +63,7 @@ def flip_a_byte(path):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name,file", [("pool_store", "features/checkpoint-3.npy"), ("pool_store", "index.jsonl"),
+@pytest.mark.parametrize("name,file", [("pool_store", "features/checkpoint-3.npy"), ("pool_store", "index.parquet"),
                                        ("run", "checkpoint-6/optimizer.safetensors"),
                                        ("run", "checkpoint-3/adapter_model.safetensors"),
                                        ("trained", "adapter_model.safetensors"), ("selection", "scores.csv"),

@@ -271,7 +271,7 @@ def test_interrupted_build_resumes_to_identical_bytes(stores, run, data, tmp_pat
     for c in run.checkpoints:
         name = f"{c.path.name}.npy"
         assert (output / "features" / name).read_bytes() == (pool.path / "features" / name).read_bytes()
-    assert (output / "index.jsonl").read_bytes() == (pool.path / "index.jsonl").read_bytes()
+    assert (output / "index.parquet").read_bytes() == (pool.path / "index.parquet").read_bytes()
 
 
 def test_stores_built_together_equal_stores_built_alone(stores, run, data, tmp_path):
@@ -290,7 +290,7 @@ def test_stores_built_together_equal_stores_built_alone(stores, run, data, tmp_p
                                pool_config(run, data, ahead)])
     assert all(s.complete for s in together)
     for mine, theirs in ((together[0].path, alone.path), (together[1].path, pool.path)):
-        for name in ("index.jsonl", "manifest.json", *(f"features/{c.path.name}.npy" for c in run.checkpoints)):
+        for name in ("index.parquet", "manifest.json", *(f"features/{c.path.name}.npy" for c in run.checkpoints)):
             assert (mine / name).read_bytes() == (theirs / name).read_bytes().replace(
                 str(theirs).encode(), str(mine).encode()), name
     with pytest.raises(ConfigError, match="differ only in projection"):
@@ -392,3 +392,19 @@ def test_top_k_ties_go_to_the_lower_index():
     assert top_k(-np.arange(5.0), 2).tolist() == [0, 1]
     with pytest.raises(ValueError, match="NaN"):
         top_k(np.array([0.1, np.nan]), 1)
+
+
+def test_a_format_1_store_with_its_json_lines_index_still_opens_and_selects(stores, data, tmp_path):
+    pool, target = stores
+    old = tmp_path / "v1"
+    shutil.copytree(pool.path, old)
+    (old / "index.jsonl").write_bytes(pool.index.to_jsonl())
+    (old / "index.parquet").unlink()
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    reopened = GradientStore.open(old)
+    assert reopened.index == pool.index and list(reopened.index) == list(pool.index)
+    first = select(SelectConfig(train_store=pool.path, target_store=[target.path], output=tmp_path / "a", count=3))
+    second = select(SelectConfig(train_store=old, target_store=[target.path], output=tmp_path / "b", count=3))
+    assert (tmp_path / "a" / "selected.jsonl").read_bytes() == (tmp_path / "b" / "selected.jsonl").read_bytes()
+    assert first[0].ranking.tolist() == second[0].ranking.tolist()

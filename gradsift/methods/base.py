@@ -18,6 +18,7 @@ import torch
 from ..data import ExampleRef, index_examples
 from ..datastore import GradientStore
 from ..errors import ConfigError
+from ..store_index import StoreIndex
 from ..scoring import Aggregate, aggregate, best_subtask
 
 
@@ -32,7 +33,7 @@ def _store_files(store: GradientStore) -> dict[str, str]:
 
 @dataclass
 class Pool:
-    refs: list[ExampleRef]
+    refs: StoreIndex  # one per row, made on demand (a pool may have millions)
     scorable: np.ndarray  # (rows,) bool: rows a method may score and select
     file_sha256: dict[str, str]  # the records files, in order, with their content hashes
     bad_records: list[dict] = field(default_factory=list)  # skipped malformed records: file, line, problem
@@ -44,7 +45,8 @@ class Pool:
         refs, bad, files = index_examples(paths, None, skip_bad)
         if not refs:
             raise ConfigError(f"no pool records in {[str(p) for p in paths]}")
-        return cls(refs, np.ones(len(refs), bool), {f.path: f.sha256 for f in files}, [asdict(b) for b in bad])
+        return cls(StoreIndex.from_refs(refs), np.ones(len(refs), bool), {f.path: f.sha256 for f in files},
+                   [asdict(b) for b in bad])
 
     @classmethod
     def from_store(cls, store: GradientStore) -> "Pool":
@@ -80,7 +82,7 @@ class Target:
         ok = store.ok_mask()
         if not ok.any():
             raise ConfigError(f"target store {store.path} has no usable example (all without label tokens)")
-        return cls(store.name, [r for r, keep in zip(store.index, ok) if keep], _store_files(store), int((~ok).sum()),
+        return cls(store.name, store.index.take(np.flatnonzero(ok)), _store_files(store), int((~ok).sum()),
                    store.manifest["bad_records"], store)
 
     @property
