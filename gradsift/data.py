@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from .errors import DataError
@@ -56,9 +57,13 @@ class ExampleRef:
 
     @property
     def status(self) -> str:
-        if self.label_tokens == 0:
-            return "no_label_tokens"
-        return "non_finite_gradient" if self.non_finite_gradient else "ok"
+        return str(example_status(self.label_tokens, self.non_finite_gradient))
+
+
+def example_status(label_tokens, non_finite_gradient):
+    """An example's status ("ok" is scored), elementwise on arrays of a whole index too."""
+    return np.where(np.asarray(label_tokens) == 0, "no_label_tokens",
+                    np.where(np.asarray(non_finite_gradient, dtype=bool), "non_finite_gradient", "ok"))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,14 @@ def weighted_similarity(pool: list[torch.Tensor], target: list[torch.Tensor], we
     return total
 
 
+def subtask_mean_rows(rows: torch.Tensor, subtasks: list[str]) -> torch.Tensor:
+    """(n_subtasks, dim) mean row of each subtask's examples, subtasks in sorted order (as ``subtask_means``)."""
+    names = sorted(set(subtasks))
+    groups = torch.tensor([names.index(s) for s in subtasks])
+    sums = torch.zeros(len(names), rows.shape[1], dtype=rows.dtype).index_add_(0, groups, rows)
+    return sums / torch.bincount(groups, minlength=len(names)).to(rows.dtype)[:, None]
+
+
 def subtask_means(similarity: torch.Tensor, subtasks: list[str]) -> tuple[torch.Tensor, list[str]]:
     """(rows, n_subtasks) mean similarity to each subtask's target examples, and the subtask names (sorted)."""
     names = sorted(set(subtasks))

@@ -118,16 +118,23 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
     records = read_records(index.take(sel.selected))
     outputs = {"selected.jsonl": b"".join(r + b"\n" for r in records)}
 
+    # column by column: a pool of millions of rows never becomes millions of Python objects at once
+    ok = sel.scored
     ranks = np.zeros(len(index), dtype=np.int64)
     ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
+    columns = {
+        **{name: index.column(name).tolist() for name in ("file", "line", "id", "source")},
+        "score": np.where(ok, np.char.mod("%.7g", sel.scores.astype(np.float64)), "").tolist(),
+        "rank": np.where(ok, ranks.astype(str), "").tolist(),
+        "selected": (ok & (ranks <= sel.count) & (ranks > 0)).astype(int).tolist(),
+        "status": np.where(ok, "ok", index.statuses()).tolist(),
+        "subtask": np.where(ok, np.asarray(subtasks, dtype=object), "").tolist() if subtasks else [""] * len(index),
+        "chars": index.column("chars").tolist(),
+    }
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["file", "line", "id", "source", "score", "rank", "selected", "status", "subtask", "chars"])
-    for i, ref in enumerate(index):
-        ok = sel.scored[i]
-        writer.writerow([ref.file, ref.line, ref.id, ref.source, f"{sel.scores[i]:.7g}" if ok else "",
-                         ranks[i] if ok else "", int(ok and ranks[i] <= sel.count), "ok" if ok else ref.status,
-                         subtasks[i] if subtasks and ok else "", ref.chars])
+    writer.writerow(list(columns))
+    writer.writerows(zip(*columns.values()))
     outputs["scores.csv"] = text.getvalue().encode()
     for name, data in outputs.items():
         atomic_write_bytes(sel.output / name, data)
@@ -145,7 +152,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         "target_files": target.files,
         "file_sha256": {**pool.file_sha256, **target.file_sha256},
         "pool": {"examples": len(index), "scored": int(sel.scored.sum()),
-                 "skipped": {**{s: sum(r.status == s for r in index.take(np.flatnonzero(~sel.scored)))
+                 "skipped": {**{s: int((index.statuses()[~sel.scored] == s).sum())
                                 for s in ("no_label_tokens", "non_finite_gradient")},
                              "bad_records": len(pool.bad_records)}},
         "selected": len(sel.selected),

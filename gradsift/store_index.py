@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import ExampleRef
+from .data import ExampleRef, example_status
 
 COLUMNS = [f.name for f in dataclasses.fields(ExampleRef)]
 _BATCH = 65536  # rows turned into ExampleRefs at a time while iterating
@@ -95,9 +95,12 @@ class StoreIndex(Sequence):
     def column(self, name: str) -> np.ndarray:
         return self.table.column(name).to_numpy(zero_copy_only=False)
 
+    def statuses(self) -> np.ndarray:
+        return example_status(self.column("label_tokens"), self.column("non_finite_gradient"))
+
     def ok_mask(self) -> np.ndarray:
-        """Rows with a status of "ok": label tokens left and a finite gradient (``ExampleRef.status``)."""
-        return (self.column("label_tokens") > 0) & ~self.column("non_finite_gradient").astype(bool)
+        """Rows with a status of "ok": label tokens left and a finite gradient."""
+        return self.statuses() == "ok"
 
     def with_non_finite(self, rows) -> "StoreIndex":
         import pyarrow as pa

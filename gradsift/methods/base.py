@@ -121,14 +121,20 @@ class SimilarityMethod(SelectionMethod):
     def similarities(self, pool: Pool, targets: list[Target]) -> Iterator[tuple[int, list[torch.Tensor]]]:
         """(first row, [similarity (chunk rows, target examples) per target]) for consecutive row chunks."""
 
+    def columns(self, pool: Pool, target: Target) -> list[str]:
+        """The subtask of each column ``similarities`` gives for this target: one per target example,
+        unless a method compares with each subtask's mean example directly (see ``Less``)."""
+        return target.subtasks
+
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
         rows = len(pool.refs)
         out = [TargetScores(np.zeros(rows, np.float32), [""] * rows) for _ in targets]
+        columns = [self.columns(pool, t) for t in targets]
         for start, chunk in self.similarities(pool, targets):
-            for target, sim, result in zip(targets, chunk, out):
+            for subtasks, sim, result in zip(columns, chunk, out):
                 end = start + sim.shape[0]
-                result.scores[start:end] = aggregate(sim.float(), target.subtasks, self.aggregate).numpy()
-                result.subtask[start:end] = best_subtask(sim.float(), target.subtasks)
+                result.scores[start:end] = aggregate(sim.float(), subtasks, self.aggregate).numpy()
+                result.subtask[start:end] = best_subtask(sim.float(), subtasks)
         return out
 
     def settings(self) -> dict:
