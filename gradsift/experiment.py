@@ -14,7 +14,7 @@ Config (YAML; paths relative to the file, globs allowed)::
     targets:
       boolean: {fewshot: [benchmark/targets/boolean/fewshot.jsonl], test: [benchmark/targets/boolean/test.jsonl],
                 evaluate: {max_new_tokens: 8}}     # EvaluateConfig fields for this target only
-    relevance: benchmark/relevance.json  # optional {target: [relevant pool ids]}: precision and recall
+    relevance: benchmark/relevance.json  # optional {target: [relevant pool ids]}: precision, recall, AUC
     methods: [less, {method: less, label: less-d1024, build: {dim: 1024}}, bm25, rds, random,
               {method: full, seeds: [0]}]      # seeds: this method's subset of the grid's seeds
     fractions: [0.05]
@@ -55,12 +55,13 @@ from .files import atomic_write_bytes, atomic_write_json, read_json
 from .locks import folder_lock
 from .methods import Pool, Target
 from .pipeline import check_stage_values, has_type, read_yaml_mapping, stage_config, type_name
+from .scoring import relevance_auc
 from .select import SelectConfig, load_inputs, make_method, run_selection
 from .train import TrainConfig, train
 from .warmup import WarmupConfig, warmup
 
 RESULT_COLUMNS = ["target", "method", "model", "fraction", "seed", "selected", "loss", "accuracy", "precision",
-                  "recall", "selection", "evaluation"]
+                  "recall", "auc", "selection", "evaluation"]
 SEEDLESS = ("less", "bm25", "rds", "full")  # methods whose selection does not depend on the seed
 
 
@@ -292,14 +293,19 @@ class Experiment:
                               output=folder)
         return folder, evaluate(config)
 
-    def relevance_of(self, target: str, selection: Path) -> tuple[float | None, float | None]:
+    def relevance_of(self, target: str, selection: Path) -> tuple[float | None, float | None, float | None]:
+        """Precision and recall of the selected rows, and the AUC of the relevant rows' scores (how high
+        the method ranks them overall, not only inside the cut)."""
         relevant = self.relevance.get(target)
         if not relevant:
-            return None, None
+            return None, None, None
         with open(selection / "scores.csv", newline="") as f:
-            picked = {row["id"] for row in csv.DictReader(f) if row["selected"] == "1"}
+            rows = [row for row in csv.DictReader(f) if row["score"] != ""]
+        picked = {row["id"] for row in rows if row["selected"] == "1"}
         hits = len(picked & relevant)
-        return hits / len(picked), hits / len(relevant)
+        labels = np.array([row["id"] in relevant for row in rows])
+        auc = relevance_auc(np.array([float(row["score"]) for row in rows]), labels) if 0 < labels.sum() < len(rows) else None
+        return hits / len(picked), hits / len(relevant), auc
 
     # -- the grid --------------------------------------------------------------------------------
     def cells(self) -> list[dict]:
@@ -343,16 +349,16 @@ class Experiment:
         return rows
 
     def _row(self, target: str, label: str, job: dict, selection: Path | None, folder: Path, summary: dict) -> dict:
-        precision = recall = None
+        precision = recall = auc = None
         selected = 0
         if selection is not None:
-            precision, recall = self.relevance_of(target, selection)
+            precision, recall, auc = self.relevance_of(target, selection)
             selected = read_json(selection / "summary.json")["selected"]
         rel = lambda p: str(p.relative_to(self.out)) if p is not None else ""  # noqa: E731
         return {"target": target, "method": label, "model": job["model"], "fraction": job["fraction"],
                 "seed": "" if job["seed"] is None else job["seed"], "selected": selected,
                 "loss": summary["loss"], "accuracy": summary["accuracy"], "precision": precision, "recall": recall,
-                "selection": rel(selection), "evaluation": rel(folder)}
+                "auc": auc, "selection": rel(selection), "evaluation": rel(folder)}
 
 
 def run_experiment(config: ExperimentConfig, output: Path) -> list[dict]:
@@ -374,7 +380,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (target, model, method, fraction), members in groups.items():
         entry = {"target": target, "model": model, "method": method, "fraction": fraction, "seeds": len(members),
                  "selected": members[0]["selected"]}
-        for metric in ("loss", "accuracy", "precision", "recall"):
+        for metric in ("loss", "accuracy", "precision", "recall", "auc"):
             values = [float(m[metric]) for m in members if m[metric] not in (None, "")]
             entry[metric] = float(np.mean(values)) if values else None
             entry[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)
@@ -394,15 +400,16 @@ def results_markdown(rows: list[dict]) -> str:
                 if s["model"] not in best or s["loss"] < best[s["model"]]:
                     best[s["model"]] = s["loss"]
         lines += [f"### {target}", "",
-                  "| model | method | fraction | selected | seeds | test loss | accuracy | precision | recall |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| model | method | fraction | selected | seeds | test loss | accuracy | precision | recall | AUC |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for s in mine:
             cell = lambda m, d=3: "–" if s[m] is None else f"{s[m]:.{d}f} ± {s[m + '_std']:.{d}f}"  # noqa: E731
             loss = cell("loss")
             if s["loss"] is not None and best.get(s["model"]) == s["loss"] and s["method"] != "base":
                 loss = f"**{loss}**"
             lines.append(f"| {Path(s['model']).name} | {s['method']} | {s['fraction']:g} | {s['selected']} | "
-                         f"{s['seeds']} | {loss} | {cell('accuracy')} | {cell('precision', 2)} | {cell('recall', 2)} |")
+                         f"{s['seeds']} | {loss} | {cell('accuracy')} | {cell('precision', 2)} | {cell('recall', 2)} | "
+                         f"{cell('auc', 2)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -65,6 +65,22 @@ def best_subtask(similarity: torch.Tensor, subtasks: list[str]) -> list[str]:
     return [names[k] for k in means.argmax(1).tolist()]
 
 
+def relevance_auc(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """The probability that a relevant row outscores an irrelevant one, ties counting half (the area
+    under the ROC curve): 1 ranks every relevant row first, 0.5 is chance, below 0.5 is worse."""
+    scores, relevant = np.asarray(scores, np.float64), np.asarray(relevant, bool)
+    n_rel, n_other = int(relevant.sum()), int((~relevant).sum())
+    if not n_rel or not n_other:
+        raise ValueError("an AUC needs relevant and irrelevant rows")
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    values, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2  # ties share the mean of their ranks
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[relevant].sum() - n_rel * (n_rel + 1) / 2) / (n_rel * n_other))
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores, best first; ties go to the lower index (earlier in the pool).
     NaN is not a score: callers must not pass it."""

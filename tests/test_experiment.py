@@ -113,6 +113,10 @@ def test_precision_and_recall_follow_the_labels(finished, bench):
         picked = {s["id"] for s in csv.DictReader(open(out / r["selection"] / "scores.csv")) if s["selected"] == "1"}
         assert float(r["precision"]) == pytest.approx(len(picked & relevant) / len(picked), rel=1e-5)
         assert float(r["recall"]) == pytest.approx(len(picked & relevant) / len(relevant), rel=1e-5)
+        scored = [s for s in csv.DictReader(open(out / r["selection"] / "scores.csv")) if s["score"] != ""]
+        pairs = [(float(a["score"]) > float(b["score"])) + 0.5 * (a["score"] == b["score"])  # every relevant-other pair
+                 for a in scored if a["id"] in relevant for b in scored if b["id"] not in relevant]
+        assert float(r["auc"]) == pytest.approx(sum(pairs) / len(pairs), rel=1e-6)
     bm25 = [r for r in rows if r["target"] == "skill" and r["method"] == "bm25"]
     assert float(bm25[0]["precision"]) == 1.0  # the skill's own words: BM25 finds them
 

@@ -18,7 +18,7 @@ from conftest import WORDS, write_jsonl, write_parquet
 from gradsift.build import BuildConfig, build, build_together
 from gradsift.datastore import GradientStore
 from gradsift.errors import ConfigError, StoreMismatchError
-from gradsift.scoring import aggregate, checkpoint_weights, top_k, weighted_similarity
+from gradsift.scoring import aggregate, checkpoint_weights, relevance_auc, top_k, weighted_similarity
 from gradsift.select import SelectConfig, select
 from gradsift.training import Run
 from gradsift.warmup import WarmupConfig, warmup
@@ -408,3 +408,13 @@ def test_a_format_1_store_with_its_json_lines_index_still_opens_and_selects(stor
     second = select(SelectConfig(train_store=old, target_store=[target.path], output=tmp_path / "b", count=3))
     assert (tmp_path / "a" / "selected.jsonl").read_bytes() == (tmp_path / "b" / "selected.jsonl").read_bytes()
     assert first[0].ranking.tolist() == second[0].ranking.tolist()
+
+
+def test_relevance_auc_counts_the_pairs_a_relevant_row_wins():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 40).astype(float)  # many ties
+    relevant = rng.random(40) < 0.3
+    wins = [(a > b) + 0.5 * (a == b) for a in scores[relevant] for b in scores[~relevant]]
+    assert relevance_auc(scores, relevant) == pytest.approx(np.mean(wins))
+    assert relevance_auc(np.arange(4.0), np.array([0, 0, 1, 1], bool)) == 1.0
+    assert relevance_auc(np.zeros(4), np.array([0, 0, 1, 1], bool)) == 0.5
