@@ -44,15 +44,40 @@ def _index_name(store_format: int) -> str:
     return "index.parquet" if store_format >= 2 else "index.jsonl"
 
 
-def store_layout(path: Path, manifest: dict) -> list[tuple[Path, tuple]]:
-    """(file, shape) of every feature and scale file a store's manifest calls for."""
+def _feature_file(path: Path, checkpoint: str) -> Path:
+    return Path(path) / "features" / f"{checkpoint}.npy"
+
+
+def _scale_file(path: Path, checkpoint: str) -> Path:
+    return Path(path) / "features" / f"{checkpoint}.scale.npy"
+
+
+def store_layout(path: Path, manifest: dict) -> list[tuple[Path, tuple, np.dtype]]:
+    """(file, shape, dtype) of every feature and scale file a store's manifest calls for."""
     rows, dim, dtype = manifest["rows"], manifest["projection"]["dim"], manifest.get("dtype", "float16")
     out = []
     for c in manifest["checkpoints"]:
-        out.append((Path(path) / "features" / f"{c['name']}.npy", stored_shape(dtype, rows, dim)))
+        out.append((_feature_file(path, c["name"]), stored_shape(dtype, rows, dim), numpy_dtype(dtype)))
         if has_scale(dtype):
-            out.append((Path(path) / "features" / f"{c['name']}.scale.npy", (rows,)))
+            out.append((_scale_file(path, c["name"]), (rows,), np.dtype(np.float32)))
     return out
+
+
+def layout_problems(path: Path, manifest: dict) -> list[str]:
+    """What is wrong with the store's feature files: missing, unreadable, or not the manifest's shape."""
+    problems = []
+    for file, shape, _ in store_layout(path, manifest):
+        if not file.is_file():
+            problems.append(f"{file}: feature file is missing; rebuild the store with `gradsift build`")
+            continue
+        try:
+            found = np.load(file, mmap_mode="r").shape
+        except (OSError, ValueError) as e:
+            problems.append(f"{file}: feature file is truncated or damaged ({e}); rebuild the store")
+            continue
+        if found != shape:
+            problems.append(f"{file}: feature file has shape {found}, the manifest says {shape}; rebuild the store")
+    return problems
 
 
 class GradientStore:
@@ -68,14 +93,8 @@ class GradientStore:
         manifest = {**manifest, "format": STORE_FORMAT, "status": "building", "rows": len(index)}
         index = StoreIndex.from_refs(index)
         cls._write_index(path, index, STORE_FORMAT)
-        dtype, shape = manifest["dtype"], stored_shape(manifest["dtype"], len(index), manifest["projection"]["dim"])
-        for checkpoint in manifest["checkpoints"]:
-            np.lib.format.open_memmap(
-                cls._feature_path(path, checkpoint["name"]), mode="w+", dtype=numpy_dtype(dtype), shape=shape
-            ).flush()
-            if has_scale(dtype):
-                np.lib.format.open_memmap(cls._scale_path(path, checkpoint["name"]), mode="w+", dtype=np.float32,
-                                          shape=(len(index),)).flush()
+        for file, shape, dtype in store_layout(path, manifest):
+            np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=shape).flush()
         atomic_write_json(path / "progress.json", {c["name"]: 0 for c in manifest["checkpoints"]})
         atomic_write_json(path / "manifest.json", manifest)  # last: its presence means the layout is whole
         return cls(path, manifest, index)
@@ -96,28 +115,10 @@ class GradientStore:
             raise ConfigError(f"{index_file}: cannot read the store's index ({e}); rebuild the store") from None
         if len(index) != manifest["rows"]:
             raise ConfigError(f"{index_file}: {len(index)} rows, the manifest says {manifest['rows']}")
-        store = cls(path, manifest, index)
-        for file, shape in store._layout():  # every feature file there, whole, with the manifest's shape
-            if not file.is_file():
-                raise ConfigError(f"{file}: feature file is missing; rebuild the store with `gradsift build`")
-            try:
-                found = np.load(file, mmap_mode="r").shape
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"{file}: feature file is truncated or damaged ({e}); rebuild the store") from None
-            if found != shape:
-                raise ConfigError(f"{file}: feature file has shape {found}, the manifest says {shape}; rebuild the store")
-        return store
-
-    def _layout(self) -> list[tuple[Path, tuple]]:
-        return store_layout(self.path, self.manifest)
-
-    @staticmethod
-    def _feature_path(path: Path, checkpoint: str) -> Path:
-        return path / "features" / f"{checkpoint}.npy"
-
-    @staticmethod
-    def _scale_path(path: Path, checkpoint: str) -> Path:
-        return path / "features" / f"{checkpoint}.scale.npy"
+        problems = layout_problems(path, manifest)  # every feature file there, whole, with the manifest's shape
+        if problems:
+            raise ConfigError(problems[0])
+        return cls(path, manifest, index)
 
     # -- reading ---------------------------------------------------------------------------------
     @property
@@ -138,10 +139,10 @@ class GradientStore:
 
     def features(self, checkpoint: str, mode: str = "r") -> np.memmap:
         """The stored rows as they are on disk (see ``dtype``); ``rows`` decodes them."""
-        return np.load(self._feature_path(self.path, checkpoint), mmap_mode=mode)
+        return np.load(_feature_file(self.path, checkpoint), mmap_mode=mode)
 
     def scales(self, checkpoint: str, mode: str = "r") -> np.memmap | None:
-        return np.load(self._scale_path(self.path, checkpoint), mmap_mode=mode) if has_scale(self.dtype) else None
+        return np.load(_scale_file(self.path, checkpoint), mmap_mode=mode) if has_scale(self.dtype) else None
 
     def rows(self, checkpoint: str, which=slice(None)) -> np.ndarray:
         """Rows ``which`` (a slice or an index array) as float32 for scoring (``compact.decode_rows``)."""
@@ -235,17 +236,16 @@ class GradientStore:
             for start in range(0, len(self.index), chunk):
                 block = np.asarray(values[start: start + chunk]).reshape(min(chunk, len(self.index) - start), -1)
                 found.update((start + np.flatnonzero(~np.isfinite(block).all(axis=1))).tolist())
-            del values
-        flagged = self.index.column("non_finite_gradient").astype(bool)
-        if any(not flagged[i] for i in found):
-            self.index = self.index.with_non_finite(found)
+        rows = sorted(found)
+        if not self.index.column("non_finite_gradient")[rows].all():  # not yet recorded (a rerun finds it so)
+            self.index = self.index.with_non_finite(rows)
             self._write_index(self.path, self.index, self.manifest["format"])
-        for checkpoint in self.checkpoints if found else []:
-            for values in (self.features(checkpoint["name"], mode="r+"), self.scales(checkpoint["name"], mode="r+")):
-                if values is not None:
-                    values[sorted(found)] = 0
-                    values.flush()
-            del values
+        if rows:
+            for checkpoint in self.checkpoints:
+                for values in (self.features(checkpoint["name"], mode="r+"), self.scales(checkpoint["name"], mode="r+")):
+                    if values is not None:
+                        values[rows] = 0
+                        values.flush()
         flagged = self.index.take(np.flatnonzero(self.index.column("non_finite_gradient")))
         self.manifest["counts"] = {**self.manifest["counts"], "ok": int(self.ok_mask().sum()),
                                    "non_finite_gradient": len(flagged)}
@@ -258,7 +258,8 @@ class GradientStore:
 
     def stored_files(self) -> list[str]:
         """The store's data files, relative to its folder: the index, the feature (and scale) files."""
-        return [_index_name(self.manifest["format"])] + [str(f.relative_to(self.path)) for f, _ in self._layout()]
+        return [_index_name(self.manifest["format"])] + [str(f.relative_to(self.path))
+                                                          for f, _, _ in store_layout(self.path, self.manifest)]
 
     # -- comparing -------------------------------------------------------------------------------
     def check_comparable(self, other: "GradientStore") -> None:

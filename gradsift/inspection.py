@@ -108,9 +108,7 @@ def _size(path: Path) -> str:
 
 # -- one inspector per kind ------------------------------------------------------------------------
 def _store(found: Inspection, verify: bool) -> None:
-    import numpy as np
-
-    from .datastore import store_layout
+    from .datastore import layout_problems
 
     path = found.path
     manifest = read_json(path / "manifest.json")
@@ -135,14 +133,7 @@ def _store(found: Inspection, verify: bool) -> None:
         found.add("skipped", f"{bad.get('file')}:{bad.get('line')}: {bad.get('problem')}")
     found.add("checkpoints", ", ".join(f"{c['name']} (weight {c['weight']:.3f})" for c in manifest["checkpoints"]))
     found.add("data files", _listing([f["path"] for f in manifest["files"]], [f["records"] for f in manifest["files"]]))
-    for file, expected in store_layout(path, manifest):  # structure: every feature file there with its shape
-        try:
-            shape = np.load(file, mmap_mode="r").shape
-        except (OSError, ValueError) as e:
-            found.problems.append(f"{file}: feature file is missing or unreadable ({e})")
-            continue
-        if shape != expected:
-            found.problems.append(f"{file}: feature file has shape {shape}, the manifest says {expected}")
+    found.problems += layout_problems(path, manifest)  # structure: every feature file there with its shape
     if verify:
         if "checksums" in manifest:
             _check_hashes(found, path, manifest["checksums"], "store")
