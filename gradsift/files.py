@@ -36,14 +36,16 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def _replace_atomically(path: Path, write) -> None:
+    """Write PATH through a temporary file beside it (``write(file)`` fills it), synced, then renamed
+    into place: PATH is whole or absent. A failed write leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=partial_name(path.name))
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: outputs get the mode any new file would
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         stop_point(f"replace:{path.name}")
@@ -53,12 +55,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _replace_atomically(path, lambda f: f.write(data))
+
+
 def atomic_copy(source: Path, path: Path) -> None:
-    """Copy SOURCE to PATH through a temporary file and a rename (PATH is whole or absent)."""
-    tmp = path.parent / f"{partial_name(path.name)}copy"
-    shutil.copyfile(source, tmp)
-    stop_point(f"replace:{path.name}")
-    os.replace(tmp, path)
+    """Copy SOURCE to PATH atomically (PATH is whole or absent)."""
+
+    def copy(f) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f)
+
+    _replace_atomically(path, copy)
 
 
 def atomic_write_json(path: Path, obj) -> None:
