@@ -102,9 +102,10 @@ def _build_together(configs: list[BuildConfig], world: World) -> list[GradientSt
         projectors = [make_projector(c.projection, grads.shapes, c.dim, c.seed) for c in configs]
         manifests = [_manifest(c, run, grads, p.describe(), max_length, files, bad, index)
                      for c, p in zip(configs, projectors)]
-        stores = [_open_or_create(Path(c.output), m, index) for c, m in zip(configs, manifests)] if world.main else []
+        open_stores = lambda: [_open_or_create(Path(c.output), m, index) for c, m in zip(configs, manifests)]  # noqa: E731
+        stores = open_stores() if world.main else None
         world.barrier()  # the main process lays the stores out; the others open them
-        stores = stores or [_open_or_create(Path(c.output), m, index) for c, m in zip(configs, manifests)]
+        stores = stores or open_stores()
         todo = [k for k, store in enumerate(stores) if not store.complete]
         if not todo:
             return stores

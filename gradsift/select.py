@@ -120,6 +120,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
 
     # column by column: a pool of millions of rows never becomes millions of Python objects at once
     ok = sel.scored
+    statuses = index.statuses()
     ranks = np.zeros(len(index), dtype=np.int64)
     ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
     columns = {
@@ -127,7 +128,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         "score": np.where(ok, np.char.mod("%.7g", sel.scores.astype(np.float64)), "").tolist(),
         "rank": np.where(ok, ranks.astype(str), "").tolist(),
         "selected": (ok & (ranks <= sel.count) & (ranks > 0)).astype(int).tolist(),
-        "status": np.where(ok, "ok", index.statuses()).tolist(),
+        "status": np.where(ok, "ok", statuses).tolist(),
         "subtask": np.where(ok, np.asarray(subtasks, dtype=object), "").tolist() if subtasks else [""] * len(index),
         "chars": index.column("chars").tolist(),
     }
@@ -152,7 +153,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         "target_files": target.files,
         "file_sha256": {**pool.file_sha256, **target.file_sha256},
         "pool": {"examples": len(index), "scored": int(sel.scored.sum()),
-                 "skipped": {**{s: int((index.statuses()[~sel.scored] == s).sum())
+                 "skipped": {**{s: int((statuses[~ok] == s).sum())
                                 for s in ("no_label_tokens", "non_finite_gradient")},
                              "bad_records": len(pool.bad_records)}},
         "selected": len(sel.selected),

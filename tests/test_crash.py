@@ -99,15 +99,19 @@ def select_argv(setup, output: Path) -> list[str]:
             "--count", "3", "--output", str(output)]
 
 
+def killed_then_rerun(argv, point: str, tmp_path, finished_marker: str, drop_run_id: bool = False) -> None:
+    """Kill ARGV at POINT: the file written last must be absent; a rerun ends equal to an uninterrupted run."""
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert main(argv(reference)) == 0
+    killed_at(point, argv(out))
+    assert not (out / finished_marker).exists()  # written last: its absence says the job is unfinished
+    assert main(argv(out)) == 0
+    assert contents(out, drop_run_id) == contents(reference, drop_run_id)
+
+
 @pytest.mark.parametrize("point", ["replace:scores.csv@1", "replace:summary.json@1"])
 def test_a_killed_select_leaves_no_finished_looking_output(setup, point, tmp_path):
-    reference = tmp_path / "reference"
-    assert main(select_argv(setup, reference)) == 0
-    out = tmp_path / "sel"
-    killed_at(point, select_argv(setup, out))
-    assert not (out / "summary.json").exists()  # written last: its absence says the selection is unfinished
-    assert main(select_argv(setup, out)) == 0
-    assert contents(out) == contents(reference)
+    killed_then_rerun(lambda out: select_argv(setup, out), point, tmp_path, "summary.json")
 
 
 def train_argv(setup, output: Path) -> list[str]:
@@ -117,10 +121,4 @@ def train_argv(setup, output: Path) -> list[str]:
 
 @pytest.mark.parametrize("point", ["train:step@5", "replace:adapter_model.safetensors@1"])
 def test_a_killed_train_resumes_to_the_same_adapter(setup, point, tmp_path):
-    reference = tmp_path / "reference"
-    assert main(train_argv(setup, reference)) == 0
-    out = tmp_path / "trained"
-    killed_at(point, train_argv(setup, out))
-    assert not (out / "adapter_model.safetensors").exists()
-    assert main(train_argv(setup, out)) == 0
-    assert contents(out, drop_run_id=True) == contents(reference, drop_run_id=True)
+    killed_then_rerun(lambda out: train_argv(setup, out), point, tmp_path, "adapter_model.safetensors", drop_run_id=True)
