@@ -154,9 +154,10 @@ def run_variant(args) -> dict:
             "seconds": seconds, "examples_per_s": rows / seconds, "peak_gpu_gib": peak_gpu}
 
 
-def child(args, variant: str, **overrides) -> dict:
-    """Run one variant in a fresh process; add its peak resident memory."""
-    cmd = [sys.executable, __file__, "--variant", variant]
+def child(args, variant: str, script: str = __file__, **overrides) -> dict:
+    """Run one variant in a fresh process of SCRIPT (this one, or a bench script that imports it); add its
+    peak resident memory."""
+    cmd = [sys.executable, script, "--variant", variant]
     for key, value in {**vars(args), **overrides}.items():
         flag = "--" + key.replace("_", "-")
         if key in ("variant", "out", "skip") or value is None or value is False:

@@ -126,7 +126,7 @@ def step_select(store: Path, target: Path, out: Path) -> dict:
 
     evict(feature_files(store))
     start = time.perf_counter()
-    select(SelectConfig(train_store=store, target_store=[target], output=out, fraction=0.05))
+    select(SelectConfig(method="less", train_store=store, target_store=[target], output=out, fraction=0.05))
     seconds = time.perf_counter() - start
     rows = json.loads((store / "manifest.json").read_text())["rows"]
     size = sum(p.stat().st_size for p in feature_files(store))

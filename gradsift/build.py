@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,11 +22,11 @@ from .data import ChatEncoder, collate, encode_refs, index_examples, print_skips
 from .datastore import GradientStore
 from .distributed import World, shard_bounds, world_locks
 from .errors import ConfigError, StoreMismatchError
-from .features import AdamState, normalize_rows
+from .features import AdamState
 from .gradients import PerExampleGradients
 from .models import pick_device
-from .projection import Projector, make_projector
-from .training import Run
+from .projection import make_projector
+from .training import Checkpoint, Run
 
 
 def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, projection: dict, max_length: int,
@@ -46,6 +47,7 @@ def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, project
         "projection": projection,
         "dtype": config.dtype,
         "max_length": max_length,
+        "response": config.response,
         "parameters": {"count": grads.size, "layout": names.hexdigest()},
         "files": [asdict(f) for f in files],
         "counts": {"examples": len(index), "ok": statuses.count("ok"),
@@ -84,18 +86,11 @@ def _build_together(configs: list[BuildConfig], world: World) -> list[GradientSt
     if len({Path(c.output).resolve() for c in configs}) != len(configs):
         raise ConfigError("stores built together need distinct outputs")
     config = configs[0]
-    run = Run.open(config.run)
-    if not run.complete:
-        raise StoreMismatchError(f"warmup run {run.path} is not complete; finish it with `gradsift warmup`")
-    if config.gradient == "adam":
-        for checkpoint in run.checkpoints:
-            checkpoint.require_adam_state()
+    run = open_run(config.run, adam=config.gradient == "adam")
     device = world.device(pick_device(config.device))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, tokenizer = run.load_model(device, dtype)
-    model.eval()  # no LoRA dropout while extracting features
+    model, tokenizer = load_features_model(run, device)
     max_length = config.max_length or run.config["max_length"]
-    encoder = ChatEncoder(tokenizer, max_length)
+    encoder = ChatEncoder(tokenizer, max_length, config.response)
     index, bad, files = index_examples(config.data, encoder, config.skip_bad_records)
 
     with PerExampleGradients(model) as grads:
@@ -123,20 +118,17 @@ def _build_together(configs: list[BuildConfig], world: World) -> list[GradientSt
         bar = tqdm(total=(end_row - first_row) * len(run.checkpoints),
                    initial=sum(min(done[k][c.path.name] for k in todo) - first_row for c in run.checkpoints),
                    unit="ex", desc=f"build {names} ({config.gradient})", smoothing=0.1, disable=not world.main)
-        from peft import set_peft_model_state_dict
-
         for checkpoint in run.checkpoints:
             name = checkpoint.path.name
             first = min(done[k][name] for k in todo)
             if first == end_row:
                 continue
-            set_peft_model_state_dict(model, checkpoint.adapter_state())
-            adam = checkpoint.adam(grads.names, device) if config.gradient == "adam" else None
+            adam = use_checkpoint(model, checkpoint, grads, device, adam=config.gradient == "adam")
             for start in range(first, end_row, config.chunk_size):
                 refs = index[start: min(start + config.chunk_size, end_row)]
                 needing = [k for k in todo if done[k][name] <= start]  # rows are committed in order
-                features = _chunk_features(refs, encoder, tokenizer.pad_token_id, grads,
-                                           [projectors[k] for k in needing], adam, config, device)
+                features = chunk_features(refs, encoder, grads, [projectors[k] for k in needing], adam,
+                                          config.adam_form, batch_size=config.batch_size, device=device)
                 for k, rows in zip(needing, features):
                     stores[k].write_rows(name, start, rows, progress[k])
                 bar.update(len(refs))
@@ -151,34 +143,76 @@ def _build_together(configs: list[BuildConfig], world: World) -> list[GradientSt
     return [GradientStore.open(c.output) for c in configs] if not world.main else stores
 
 
-def batch_features(grads: PerExampleGradients, projectors: list[Projector], batch: dict[str, torch.Tensor],
+# -- the gradient pass, shared with ``methods.exact`` -------------------------------------------------
+class RowReducer(Protocol):
+    """What a pass makes of each example's features as the backward pass streams them: ``accumulate`` adds
+    parameter ``param``'s (batch, numel) features into a (batch, dim) buffer, ``finish`` turns the buffer
+    into the rows kept. A projector is one (unit projected rows); ``methods.exact`` has two more."""
+
+    dim: int
+
+    def accumulate(self, out: torch.Tensor, param: int, grad: torch.Tensor) -> None: ...
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor: ...
+
+
+def open_run(path: Path, adam: bool) -> Run:
+    """The complete warmup run at PATH, checked to hold the optimizer state Adam features need (``adam``)."""
+    run = Run.open(path)
+    if not run.complete:
+        raise StoreMismatchError(f"warmup run {run.path} is not complete; finish it with `gradsift warmup`")
+    if adam:
+        for checkpoint in run.checkpoints:
+            checkpoint.require_adam_state()
+    return run
+
+
+def load_features_model(run: Run, device: torch.device):
+    """(peft model, tokenizer) of the run for gradient features: bfloat16 on a GPU, in eval mode."""
+    model, tokenizer = run.load_model(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model.eval()  # no LoRA dropout while extracting features
+    return model, tokenizer
+
+
+def use_checkpoint(model, checkpoint: Checkpoint, grads: PerExampleGradients, device: torch.device,
+                   adam: bool) -> AdamState | None:
+    """Load the checkpoint's adapter into the model; return its Adam state when ``adam``."""
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, checkpoint.adapter_state())
+    return checkpoint.adam(grads.names, device) if adam else None
+
+
+def batch_features(grads: PerExampleGradients, reducers: list[RowReducer], batch: dict[str, torch.Tensor],
                    adam: AdamState | None = None, form: AdamForm = "corrected") -> list[torch.Tensor]:
-    """Unit-norm projected features (batch, dim) of one padded batch, one per projector: Adam features
-    when ``adam`` is given, plain gradients otherwise. Each parameter's gradient is transformed once and
-    projected by every projector as soon as the backward pass yields it."""
-    outs = [torch.zeros(batch["input_ids"].shape[0], p.dim, device=batch["input_ids"].device) for p in projectors]
+    """Each reducer's rows (batch, dim) of one padded batch: of Adam features when ``adam`` is given,
+    of plain gradients otherwise. Each parameter's gradient is transformed once and handed to every
+    reducer as soon as the backward pass yields it."""
+    outs = [torch.zeros(batch["input_ids"].shape[0], r.dim, device=batch["input_ids"].device) for r in reducers]
 
     def consume(param: int, grad: torch.Tensor) -> None:
         if adam is not None:
             grad = adam.feature(grad, slice(grads.offsets[param], grads.offsets[param] + grads.numels[param]), form)
-        for projector, out in zip(projectors, outs):
-            projector.accumulate(out, param, grad)
+        for reducer, out in zip(reducers, outs):
+            reducer.accumulate(out, param, grad)
 
     grads.backward(batch, consume)
-    return [normalize_rows(out) for out in outs]
+    return [reducer.finish(out) for reducer, out in zip(reducers, outs)]
 
 
-def _chunk_features(refs, encoder, pad_id, grads, projectors, adam, config: BuildConfig, device) -> list[np.ndarray]:
-    """Features of one chunk of rows for each projector; rows without label tokens stay zero. Batches
-    are length-sorted within the chunk, so a chunk's result does not depend on where a build started."""
-    rows = [np.zeros((len(refs), p.dim), dtype=np.float32) for p in projectors]
+def chunk_features(refs, encoder: ChatEncoder, grads: PerExampleGradients, reducers: list[RowReducer],
+                   adam: AdamState | None, form: AdamForm, *, batch_size: int, device) -> list[np.ndarray]:
+    """Each reducer's rows (len(refs), dim) of one chunk of examples; rows without label tokens stay zero.
+    Batches are length-sorted within the chunk, so a chunk's result does not depend on where a pass started."""
+    rows = [np.zeros((len(refs), r.dim), dtype=np.float32) for r in reducers]
     ok = [i for i, ref in enumerate(refs) if ref.status == "ok"]
     encoded = dict(zip(ok, encode_refs([refs[i] for i in ok], encoder)))
     ok.sort(key=lambda i: (len(encoded[i][0]), i))
-    for k in range(0, len(ok), config.batch_size):
-        members = ok[k: k + config.batch_size]
-        batch = {n: t.to(device) for n, t in collate([encoded[i] for i in members], pad_id).items()}
-        for out, features in zip(rows, batch_features(grads, projectors, batch, adam, config.adam_form)):
+    for k in range(0, len(ok), batch_size):
+        members = ok[k: k + batch_size]
+        batch = {n: t.to(device) for n, t in collate([encoded[i] for i in members],
+                                                      encoder.tokenizer.pad_token_id).items()}
+        for out, features in zip(rows, batch_features(grads, reducers, batch, adam, form)):
             out[members] = features.cpu().numpy()
     return rows
 
@@ -187,7 +221,9 @@ def _open_or_create(path: Path, manifest: dict, index) -> GradientStore:
     if not (path / "manifest.json").exists():
         return GradientStore.create(path, manifest, index)
     store = GradientStore.open(path)
-    differ = [k for k in manifest if k != "counts" and store.manifest.get(k) != manifest[k]]  # finish() adds counts
+    earlier = {"response": "full"}  # settings added since, as stores built before them hold them
+    # finish() adds the counts
+    differ = [k for k in manifest if k != "counts" and store.manifest.get(k, earlier.get(k)) != manifest[k]]
     if differ:
         raise StoreMismatchError(
             f"{path} holds a different build (differs in {', '.join(differ)}); "

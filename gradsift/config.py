@@ -13,9 +13,11 @@ from .files import file_sha256, require_data_file
 
 AdamForm = Literal["corrected", "less"]  # gradsift.features.adam_update
 ProjectionKind = Literal["dense", "sparse", "kronecker"]  # gradsift.projection.PROJECTORS
-Aggregate = Literal["subtask-mean-max", "mean", "max"]  # gradsift.scoring.aggregate
+Aggregate = Literal["subtask-mean-max", "mean", "max", "round-robin"]  # gradsift.scoring.aggregate, round_robin
 StoreDtype = Literal["float16", "int8", "bit"]  # gradsift.compact
-MethodName = Literal["less", "random", "bm25", "rds", "full"]  # gradsift.methods.METHODS
+Response = Literal["full", "answer", "answer-only"]  # gradsift.data.ChatEncoder
+Fuse = Literal["median", "mean", "rrf"]  # gradsift.scoring.fuse_ranks
+MethodName = Literal["fusion", "less", "exact", "random", "bm25", "rds", "full"]  # gradsift.methods.METHODS
 
 
 # -- training (warmup and train) -------------------------------------------------------------------
@@ -88,6 +90,10 @@ class BuildConfig:
     dtype: StoreDtype = field(default="float16", metadata={
         "help": "how rows are stored: float16; int8 (one scale per row, half the size); bit (packed signs, "
                 "1/16 the size; cosine estimated from the Hamming distance)"})
+    response: Response = field(default="full", metadata={
+        "help": "which reply tokens carry the loss: full (the paper); answer: the final answer only (after 'the "
+                "answer is', 'Answer:' or '####'; a direct reply is all answer), its reasoning kept as context; "
+                "answer-only: the reasoning removed"})
     seed: int = field(default=0, metadata={"help": "projection seed (the same for every store to compare)"})
     max_length: int | None = field(default=None, metadata={"help": "truncate to this many tokens (default: the run's)"})
     batch_size: int = field(default=16, metadata={"help": "examples per batched backward pass"})
@@ -100,24 +106,35 @@ class BuildConfig:
 @dataclass
 class SelectConfig:
     output: Path = field(metadata={"help": "folder for selected.jsonl, scores.csv, summary.json"})
-    method: MethodName = field(default="less", metadata={
-        "help": "less: gradient stores (--train-store, --target-store); random, bm25, rds (needs --model), full: "
-                "records files (--pool, --target)"})
+    method: MethodName = field(default="fusion", metadata={
+        "help": "fusion (default): the ranks of less, bm25 and rds fused (EXPERIMENTS.md); fusion and less read "
+                "gradient stores (--train-store, --target-store); exact (needs --run: LESS unprojected), random, bm25, "
+                "rds (needs --model), full: records files (--pool, --target)"})
     train_store: Path | None = field(default=None, metadata={"help": "less: gradient store of the pool (--gradient adam)"})
     target_store: list[Path] | None = field(default=None, metadata={
         "help": "less: gradient stores of the targets (--gradient sgd); several give one selection each"})
-    pool: list[Path] | None = field(default=None, metadata={"help": "random/bm25/rds/full: pool records files"})
+    pool: list[Path] | None = field(default=None, metadata={"help": "exact/random/bm25/rds/full: pool records files"})
     target: list[Path] | None = field(default=None, metadata={
-        "help": "random/bm25/rds/full: the target's records files (one target; subtask = record field or file)"})
-    model: str | None = field(default=None, metadata={"help": "rds: the selector model whose hidden states are compared"})
+        "help": "exact/random/bm25/rds/full: the target's records files (one target; subtask = record field or file)"})
+    run: Path | None = field(default=None, metadata={"help": "exact: the warmup run folder (from `gradsift warmup`)"})
+    adam_form: AdamForm = field(default="corrected", metadata={
+        "help": "exact: the pool's Adam feature, as build's --adam-form (corrected, or less: the reference's)"})
+    model: str | None = field(default=None, metadata={
+        "help": "rds: the selector model whose hidden states are compared (fusion: default the stores' model)"})
     fraction: float | None = field(default=0.05, metadata={"help": "fraction of the pool to select"})
     count: int | None = field(default=None, metadata={"help": "number of examples to select (overrides --fraction)"})
     aggregate: Aggregate = field(default="subtask-mean-max", metadata={
-        "help": "subtask-mean-max (paper): mean per subtask, max over subtasks; or mean, max"})
+        "help": "subtask-mean-max (paper): mean per subtask, max over subtasks; mean, max (over target examples); "
+                "round-robin: each subtask's best rows in turn"})
+    fuse: Fuse = field(default="median", metadata={
+        "help": "fusion: median (a row needs most methods to rank it high), mean (Borda) or rrf (reciprocal rank)"})
     seed: int = field(default=0, metadata={"help": "random: the seed of the draw"})
-    max_length: int = field(default=1024, metadata={"help": "rds: truncate examples to this many tokens"})
-    batch_size: int = field(default=16, metadata={"help": "rds: examples per forward pass"})
-    device: str = field(default="auto", metadata={"help": "rds: auto, cpu, cuda, ..."})
+    max_length: int = field(default=1024, metadata={
+        "help": "rds/exact: truncate examples to this many tokens (exact: give the run's to match its stores)"})
+    batch_size: int = field(default=16, metadata={"help": "rds/exact: examples per forward (exact: backward) pass"})
+    device: str = field(default="auto", metadata={"help": "rds/exact: auto, cpu, cuda, ..."})
+    chunk_size: int = field(default=256, metadata={
+        "help": "exact: pool rows whose cosines are committed to OUTPUT/exact at a time (where a rerun resumes)"})
     chunk_rows: int = field(default=16384, metadata={"help": "pool rows scored at a time (bounds memory)"})
     skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
 

@@ -15,19 +15,22 @@ has no byte span of its own: it is re-read by its 1-based number and written bac
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, get_args
 
 import numpy as np
 import torch
 
+from .config import Response
 from .errors import DataError
 from .files import file_sha256, require_data_file
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
+RESPONSES = get_args(Response)
 
 # Used when a tokenizer has no chat template: the tulu format, ending each assistant turn with EOS.
 FALLBACK_CHAT_TEMPLATE = (
@@ -37,6 +40,24 @@ FALLBACK_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
+
+
+# Where a worked reply states its result: BBH "So the answer is", GSM8K "The answer is" / "####", "Answer:".
+ANSWER_MARKER = re.compile(r"(?:the answer is|answer:|####)[ \t]*", re.IGNORECASE)
+
+
+def final_answer_start(reply: str) -> int:
+    """Where a reply's final answer begins: after its last answer marker, or 0 (a direct reply is all answer)."""
+    last = None
+    for last in ANSWER_MARKER.finditer(reply):
+        pass
+    return last.end() if last is not None else 0
+
+
+def without_reasoning(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation with each assistant reply cut to its final answer (a worked answer made direct)."""
+    return [{**m, "content": m["content"][final_answer_start(m["content"]):]} if m["role"] == "assistant" else m
+            for m in messages]
 
 
 @dataclass(frozen=True)
@@ -245,12 +266,18 @@ def read_messages(ref: ExampleRef) -> list[dict[str, str]]:
 
 
 class ChatEncoder:
-    """Renders messages with the chat template and labels the assistant tokens only."""
+    """Renders messages with the chat template and labels the assistant tokens only.
 
-    def __init__(self, tokenizer, max_length: int):
+    ``response`` says which reply tokens carry the loss: ``full``, every one (the paper); ``answer``, the
+    final answer only (``final_answer_start``), its reasoning kept as context; ``answer-only``, the
+    reasoning removed, so the reply is its final answer alone."""
+
+    def __init__(self, tokenizer, max_length: int, response: Response = "full"):
         if tokenizer.chat_template is None:
             tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
-        self.tokenizer, self.max_length = tokenizer, max_length
+        if response not in RESPONSES:
+            raise ValueError(f"unknown response labelling {response!r}; known: {RESPONSES}")
+        self.tokenizer, self.max_length, self.response = tokenizer, max_length, response
 
     def _render(self, messages, generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -266,11 +293,16 @@ class ChatEncoder:
             upto = self._render(messages[: k + 1])
             if not text.startswith(upto) or start > len(upto):
                 raise ValueError("the chat template does not render conversations prefix by prefix")
+            if self.response == "answer":  # the reply's text is in its rendered turn, after the turn header
+                at = text.find(m["content"], start, len(upto))
+                start = start if at < 0 else at + final_answer_start(m["content"])
             spans.append((start, len(upto)))
         return text, spans
 
     def encode(self, messages) -> tuple[list[int], list[int]]:
         """(input_ids, labels), truncated to max_length; labels are IGNORE_INDEX outside assistant turns."""
+        if self.response == "answer-only":
+            messages = without_reasoning(messages)
         text, spans = self.assistant_spans(messages)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                              truncation=True, max_length=self.max_length)

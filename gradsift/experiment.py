@@ -54,22 +54,26 @@ from .evaluate import EvaluateConfig, evaluate
 from .files import atomic_write_bytes, atomic_write_json, read_json
 from .locks import folder_lock
 from .methods import Pool, Target
+from .methods.exact import run_encoder
 from .pipeline import check_stage_values, has_type, read_yaml_mapping, stage_config, type_name
 from .scoring import relevance_auc
 from .select import SelectConfig, load_inputs, make_method, run_selection
 from .train import TrainConfig, train
+from .training import Run
 from .warmup import WarmupConfig, warmup
 
 RESULT_COLUMNS = ["target", "method", "model", "fraction", "seed", "selected", "loss", "accuracy", "precision",
-                  "recall", "auc", "selection", "evaluation"]
-SEEDLESS = ("less", "bm25", "rds", "full")  # methods whose selection does not depend on the seed
+                  "recall", "auc", "length", "selection", "evaluation"]
+SEEDLESS = ("fusion", "less", "exact", "bm25", "rds", "full")  # methods whose selection does not depend on the seed
+STORE_METHODS = ("fusion", "less")  # methods that read gradient stores
 
 
 @dataclass
 class MethodSpec:
     method: str
     label: str
-    build: dict = field(default_factory=dict)  # less: BuildConfig fields (dim, projection, ...)
+    build: dict = field(default_factory=dict)  # less, fusion: BuildConfig fields (dim, projection, ...)
+    target_build: dict = field(default_factory=dict)  # BuildConfig fields for the target stores only (response)
     select: dict = field(default_factory=dict)  # SelectConfig fields for this method only
     seeds: list[int] | None = None  # a subset of the grid's seeds (full-pool training is costly); None: all
 
@@ -183,6 +187,7 @@ def _check(config: ExperimentConfig, path: Path) -> None:
               (SelectConfig, "select", config.select), (TrainConfig, "train", config.train),
               (EvaluateConfig, "evaluate", config.evaluate)]
     stages += [(BuildConfig, f"methods.{m.label}.build", m.build) for m in config.methods]
+    stages += [(BuildConfig, f"methods.{m.label}.target_build", m.target_build) for m in config.methods]
     stages += [(SelectConfig, f"methods.{m.label}.select", m.select) for m in config.methods]
     stages += [(EvaluateConfig, f"targets.{t.name}.evaluate", t.evaluate) for t in config.targets]
     stages += [(TrainConfig, f"transfer.{t.model}.train", t.train) for t in config.transfer]
@@ -214,7 +219,14 @@ class Experiment:
     def _store_dirs(self, spec: MethodSpec) -> tuple[Path, dict[str, Path]]:
         settings = {**self.config.build, **spec.build}
         folder = self.out / "stores" / f"{settings.get('projection', 'sparse')}-{settings.get('dim', 8192)}-{_key(settings)}"
-        return folder / "pool", {t.name: folder / "targets" / t.name for t in self.config.targets}
+        targets = folder / (f"targets-{_key(spec.target_build)}" if spec.target_build else "targets")
+        return folder / "pool", {t.name: targets / t.name for t in self.config.targets}
+
+    def _run(self) -> Path:
+        """The warmup run (done at the first need; a finished one is returned as it is)."""
+        c, run = self.config, self.out / "run"
+        warmup(stage_config(WarmupConfig, "warmup", {"train": c.pool, **c.warmup}, model=c.model, output=run))
+        return run
 
     def _stores(self, spec: MethodSpec) -> tuple[Path, dict[str, Path]]:
         """The warmup run, then the pool and target stores of a less method's build settings. Every less
@@ -223,15 +235,14 @@ class Experiment:
         if self._stores_built:  # each build call loads the model and tokenizes the pool, even when complete
             return self._store_dirs(spec)
         c = self.config
-        run = self.out / "run"
-        warmup(stage_config(WarmupConfig, "warmup", {"train": c.pool, **c.warmup}, model=c.model, output=run))
+        run = self._run()
         groups: dict[str, list[BuildConfig]] = {}
-        for m in (m for m in c.methods if m.method == "less"):
+        for m in (m for m in c.methods if m.method in STORE_METHODS):
             settings = {**c.build, **m.build}
             pool, targets = self._store_dirs(m)
             jobs = [stage_config(BuildConfig, f"{m.label}.build", settings, run=run, data=c.pool, output=pool)]
-            jobs += [stage_config(BuildConfig, f"{m.label}.build", {**settings, "gradient": "sgd"}, run=run,
-                                  data=t.fewshot, output=targets[t.name]) for t in c.targets]
+            jobs += [stage_config(BuildConfig, f"{m.label}.build", {**settings, **m.target_build, "gradient": "sgd"},
+                                  run=run, data=t.fewshot, output=targets[t.name]) for t in c.targets]
             for job in jobs:
                 shared = {k: v for k, v in asdict(job).items() if k not in PROJECTION_SETTINGS}
                 group = groups.setdefault(_key(shared), [])
@@ -254,16 +265,20 @@ class Experiment:
         values = {**c.select, **spec.select, "method": spec.method, "fraction": fraction, "seed": seed}
         if spec.method == "rds":
             values.setdefault("model", c.model)
-        if spec.method == "less":
+        if spec.method in STORE_METHODS:
             pool_store, target_stores = self._stores(spec)
             values |= {"train_store": pool_store, "target_store": [target_stores[t.name] for t in c.targets]}
+        if spec.method == "exact":  # the warmup's token limit, as the stores have
+            run = self._run()
+            values = {"max_length": Run.open(run).config["max_length"], **values, "run": run}
         config = stage_config(SelectConfig, f"{spec.label}.select", values, output=folder)
         method = make_method(config)
-        if spec.method == "less":
+        if spec.method in STORE_METHODS:
             pool, targets = load_inputs(config)
-        else:
-            pool = Pool.from_files(c.pool, config.skip_bad_records)
-            targets = [Target.from_files(t.name, t.fewshot, config.skip_bad_records) for t in c.targets]
+        else:  # records files, tokenized for exact's gradients
+            encoder = run_encoder(config.run, config.max_length) if spec.method == "exact" else None
+            pool = Pool.from_files(c.pool, config.skip_bad_records, encoder)
+            targets = [Target.from_files(t.name, t.fewshot, config.skip_bad_records, encoder) for t in c.targets]
         run_selection(method, pool, targets, [paths[t.name] for t in targets], config.fraction, config.count)
         return paths
 
@@ -293,19 +308,21 @@ class Experiment:
                               output=folder)
         return folder, evaluate(config)
 
-    def relevance_of(self, target: str, selection: Path) -> tuple[float | None, float | None, float | None]:
-        """Precision and recall of the selected rows, and the AUC of the relevant rows' scores (how high
-        the method ranks them overall, not only inside the cut)."""
-        relevant = self.relevance.get(target)
-        if not relevant:
-            return None, None, None
+    def selection_stats(self, target: str, selection: Path) -> dict:
+        """Precision and recall of the selected rows, the AUC of the relevant rows' scores (how high the
+        method ranks them overall, not only inside the cut), and the selection's median length over the
+        pool's (a method may win by picking short records)."""
         with open(selection / "scores.csv", newline="") as f:
             rows = [row for row in csv.DictReader(f) if row["score"] != ""]
-        picked = {row["id"] for row in rows if row["selected"] == "1"}
-        hits = len(picked & relevant)
+        picked = [row for row in rows if row["selected"] == "1"]
+        length = float(np.median([int(r["chars"]) for r in picked]) / np.median([int(r["chars"]) for r in rows]))
+        relevant = self.relevance.get(target)
+        if not relevant:
+            return {"precision": None, "recall": None, "auc": None, "length": length}
+        hits = len({row["id"] for row in picked} & relevant)
         labels = np.array([row["id"] in relevant for row in rows])
         auc = relevance_auc(np.array([float(row["score"]) for row in rows]), labels) if 0 < labels.sum() < len(rows) else None
-        return hits / len(picked), hits / len(relevant), auc
+        return {"precision": hits / len(picked), "recall": hits / len(relevant), "auc": auc, "length": length}
 
     # -- the grid --------------------------------------------------------------------------------
     def cells(self) -> list[dict]:
@@ -349,16 +366,16 @@ class Experiment:
         return rows
 
     def _row(self, target: str, label: str, job: dict, selection: Path | None, folder: Path, summary: dict) -> dict:
-        precision = recall = auc = None
+        stats = dict.fromkeys(("precision", "recall", "auc", "length"))
         selected = 0
         if selection is not None:
-            precision, recall, auc = self.relevance_of(target, selection)
+            stats = self.selection_stats(target, selection)
             selected = read_json(selection / "summary.json")["selected"]
         rel = lambda p: str(p.relative_to(self.out)) if p is not None else ""  # noqa: E731
         return {"target": target, "method": label, "model": job["model"], "fraction": job["fraction"],
                 "seed": "" if job["seed"] is None else job["seed"], "selected": selected,
-                "loss": summary["loss"], "accuracy": summary["accuracy"], "precision": precision, "recall": recall,
-                "auc": auc, "selection": rel(selection), "evaluation": rel(folder)}
+                "loss": summary["loss"], "accuracy": summary["accuracy"], **stats, "selection": rel(selection),
+                "evaluation": rel(folder)}
 
 
 def run_experiment(config: ExperimentConfig, output: Path) -> list[dict]:
@@ -380,7 +397,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (target, model, method, fraction), members in groups.items():
         entry = {"target": target, "model": model, "method": method, "fraction": fraction, "seeds": len(members),
                  "selected": members[0]["selected"]}
-        for metric in ("loss", "accuracy", "precision", "recall", "auc"):
+        for metric in ("loss", "accuracy", "precision", "recall", "auc", "length"):
             values = [float(m[metric]) for m in members if m[metric] not in (None, "")]
             entry[metric] = float(np.mean(values)) if values else None
             entry[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)
@@ -400,8 +417,8 @@ def results_markdown(rows: list[dict]) -> str:
                 if s["model"] not in best or s["loss"] < best[s["model"]]:
                     best[s["model"]] = s["loss"]
         lines += [f"### {target}", "",
-                  "| model | method | fraction | selected | seeds | test loss | accuracy | precision | recall | AUC |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | method | fraction | selected | seeds | test loss | accuracy | precision | recall | AUC | "
+                  "length |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in mine:
             cell = lambda m, d=3: "–" if s[m] is None else f"{s[m]:.{d}f} ± {s[m + '_std']:.{d}f}"  # noqa: E731
             loss = cell("loss")
@@ -409,7 +426,7 @@ def results_markdown(rows: list[dict]) -> str:
                 loss = f"**{loss}**"
             lines.append(f"| {Path(s['model']).name} | {s['method']} | {s['fraction']:g} | {s['selected']} | "
                          f"{s['seeds']} | {loss} | {cell('accuracy')} | {cell('precision', 2)} | {cell('recall', 2)} | "
-                         f"{cell('auc', 2)} |")
+                         f"{cell('auc', 2)} | {cell('length', 2)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -131,14 +131,22 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_model(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer, ModelInfo). The model is in eval mode with frozen weights."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(spec: str):
+    """The model's tokenizer alone (what tokenizing data needs), with a pad token."""
+    from transformers import AutoTokenizer
 
-    folder = resolve_model(spec)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
-    model.eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(spec)))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """Load (model, tokenizer, ModelInfo). The model is in eval mode with frozen weights."""
+    from transformers import AutoModelForCausalLM
+
+    folder = resolve_model(spec)
+    tokenizer = load_tokenizer(str(folder))  # a folder: resolved (and a GGUF hashed) once
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+    model.eval().requires_grad_(False)
     return model, tokenizer, ModelInfo(name=spec, path=str(folder), fingerprint=model_fingerprint(folder))

@@ -24,7 +24,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
-from .features import flat_layout
+from .features import flat_layout, normalize_rows
 
 
 def _stream(seed: int, stream: int) -> np.random.Generator:
@@ -58,6 +58,10 @@ class Projector(ABC):
         for i, (offset, n) in enumerate(zip(self.offsets, self.numels)):
             self.accumulate(out, i, x[:, offset: offset + n].float())
         return out
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """The rows a store keeps of the accumulated projections: unit length, so dot products are cosines."""
+        return normalize_rows(out)
 
     def describe(self) -> dict:
         """What a store records, and compares, about its projection."""

@@ -736,15 +736,17 @@ def results_table(rows: list[dict[str, str]]) -> str:
         loss = _mean_std(values("loss"), 4)
         out.append([_e(g[0]), _e(g[2]), _e(g[1]), _e(g[3]), str(len(cells)), sel_text,
                     f"<b>{loss}</b>" if is_best else loss, _mean_std(values("accuracy"), 3),
-                    _mean_std(values("precision"), 3), _mean_std(values("recall"), 3), _mean_std(values("auc"), 3)])
+                    _mean_std(values("precision"), 3), _mean_std(values("recall"), 3), _mean_std(values("auc"), 3),
+                    _mean_std(values("length"), 2)])
         classes.append("first" if prev is not None and g[0] != prev else "")
         prev = g[0]
     table = _table(["target", "method", "model", "fraction", "seeds", "selected", "loss ↓", "accuracy",
-                    "precision", "recall", "AUC"], out, {3, 4, 5, 6, 7, 8, 9, 10}, classes)
+                    "precision", "recall", "AUC", "length"], out, {3, 4, 5, 6, 7, 8, 9, 10, 11}, classes)
     return ("<h2>Results</h2>" + table +
             '<p class="muted">Mean ± standard deviation over seeds of the loss and accuracy on each target\'s '
             "held-out test set, and of the selection's precision and recall against relevance labels, "
-            "with the AUC of the relevant records' scores (0.5: chance; – where unknown). Bold: the lowest mean loss per target and model (lower is better).</p>")
+            "with the AUC of the relevant records' scores (0.5: chance; – where unknown), and the selection's "
+            "median length over the pool's (below 1: shorter records than the pool's). Bold: the lowest mean loss per target and model (lower is better).</p>")
 
 
 def pick_selections(rows: list[dict[str, str]]) -> dict[str, list[tuple[str, dict]]]:

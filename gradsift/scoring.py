@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import Aggregate
+from .config import Aggregate, Fuse
 
 
 
@@ -49,7 +49,8 @@ def aggregate(similarity: torch.Tensor, subtasks: list[str], how: Aggregate = "s
     """One score per pool row from its similarities to every target example.
 
     ``subtask-mean-max`` (the paper's rule): mean over each subtask's examples, then max over subtasks.
-    ``mean``: mean over all target examples. ``max``: max over all target examples."""
+    ``mean``: mean over all target examples. ``max``: max over all target examples. (``round-robin``
+    ranks whole columns of subtask means: ``round_robin``.)"""
     if how == "mean":
         return similarity.mean(1)
     if how == "max":
@@ -57,6 +58,52 @@ def aggregate(similarity: torch.Tensor, subtasks: list[str], how: Aggregate = "s
     if how != "subtask-mean-max":
         raise ValueError(f"unknown aggregation {how!r}")
     return subtask_means(similarity, subtasks)[0].max(1).values
+
+
+def round_robin(means: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Scores that take each subtask's best rows in turn (Ivison et al., 2025): from ``means`` (rows,
+    n_subtasks), a row's place is (its best rank over the subtasks, that subtask), so round r holds every
+    subtask's r-th row, subtasks in sorted order; a row already placed by another subtask leaves its slot
+    empty. Higher is earlier; rows outside ``candidates`` (bool) come last."""
+    n, k = means.shape
+    place = np.full(n, n * k, dtype=np.int64)
+    rows = np.flatnonzero(candidates)
+    ranks = np.empty((len(rows), k), dtype=np.int64)
+    for s in range(k):
+        ranks[top_k(means[rows, s], len(rows)), s] = np.arange(len(rows))
+    place[rows] = ranks.min(1) * k + ranks.argmin(1)
+    return (n * k - place).astype(np.float32)
+
+
+def ranks_of(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Each candidate row's rank by score (0 = best, ties to the lower index, as ``top_k``); -1 elsewhere."""
+    rows = np.flatnonzero(candidates)
+    ranks = np.full(len(scores), -1, dtype=np.int64)
+    ranks[rows[top_k(scores[rows], len(rows))]] = np.arange(len(rows))
+    return ranks
+
+
+def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
+    """One score per row from several methods' scores, through each method's ranks r (0 = best).
+
+    ``median``: the median rank, ties broken by the mean rank: a row needs most methods to rank it
+    high, so one method's outliers cannot place it. ``mean``: the mean rank (Borda). ``rrf``:
+    reciprocal rank fusion, sum 1 / (k + r + 1) (Cormack et al., 2009). The score is the number of
+    candidates minus the row's fused rank (whole numbers, exact in float32 up to 16M rows): higher is
+    better; rows outside ``candidates`` score 0."""
+    ranks = np.stack([ranks_of(s, candidates) for s in scores]).astype(np.float64)[:, candidates]
+    n = int(candidates.sum())
+    if how == "rrf":
+        fused = (1.0 / (k + ranks + 1)).sum(0)
+    elif how == "mean":
+        fused = -ranks.mean(0)
+    elif how == "median":  # mean rank / n < 1: it orders rows with equal medians only
+        fused = -(np.median(ranks, 0) + ranks.mean(0) / n)
+    else:
+        raise ValueError(f"unknown rank fusion {how!r}")
+    out = np.zeros(len(candidates))
+    out[candidates] = fused
+    return np.where(candidates, n - ranks_of(out, candidates), 0).astype(np.float32)
 
 
 def best_subtask(similarity: torch.Tensor, subtasks: list[str]) -> list[str]:

@@ -25,7 +25,8 @@ from .datastore import GradientStore
 from .errors import ConfigError
 from .files import atomic_write_bytes, atomic_write_json
 from .locks import folder_lock
-from .methods import METHODS, Bm25, FullPool, Less, Pool, RandomSelection, Rds, SelectionMethod, Target
+from .methods import METHODS, Bm25, Exact, FullPool, Fusion, Less, Pool, RandomSelection, Rds, SelectionMethod, Target
+from .methods.exact import run_encoder
 from .scoring import top_k
 
 @dataclass
@@ -47,6 +48,13 @@ def make_method(config: SelectConfig) -> SelectionMethod:
     similarity = {"aggregate": config.aggregate, "chunk_rows": config.chunk_rows}
     if config.method == "less":
         return Less(**similarity)
+    if config.method == "fusion":
+        return Fusion(**similarity, fuse=config.fuse, model=config.model or "", max_length=config.max_length,
+                      batch_size=config.batch_size, device=config.device)
+    if config.method == "exact":
+        return Exact(**similarity, run=config.run, work=Path(config.output) / "exact", adam_form=config.adam_form,
+                     max_length=config.max_length, batch_size=config.batch_size, chunk_size=config.chunk_size,
+                     device=config.device)
     if config.method == "bm25":
         return Bm25(**similarity)
     if config.method == "rds":
@@ -63,16 +71,18 @@ def make_method(config: SelectConfig) -> SelectionMethod:
 
 def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
     """The pool and targets: gradient stores for less, records files for every other method."""
-    if config.method == "less":
+    if config.method in ("less", "fusion"):
         if config.train_store is None or not config.target_store:
-            raise ConfigError("--method less selects from gradient stores: give --train-store and --target-store "
-                              "(or --pool and --target with another --method)")
+            raise ConfigError(f"--method {config.method} selects from gradient stores: give --train-store and "
+                              "--target-store (or --pool and --target with --method bm25, rds or random)")
         pool = GradientStore.open(config.train_store)  # Less checks that the stores can be compared
         return Pool.from_store(pool), [Target.from_store(GradientStore.open(p)) for p in config.target_store]
     if not config.pool or not config.target:
         raise ConfigError(f"--method {config.method} reads records files: give --pool and --target")
-    pool = Pool.from_files(config.pool, config.skip_bad_records)
-    return pool, [Target.from_files(Path(config.target[0]).stem, config.target, config.skip_bad_records)]
+    # exact takes gradients: rows are tokenized as its pass will, and those without label tokens set aside
+    encoder = run_encoder(config.run, config.max_length) if config.method == "exact" else None
+    pool = Pool.from_files(config.pool, config.skip_bad_records, encoder)
+    return pool, [Target.from_files(Path(config.target[0]).stem, config.target, config.skip_bad_records, encoder)]
 
 
 def select(config: SelectConfig) -> list[Selection]:

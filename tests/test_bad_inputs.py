@@ -152,7 +152,7 @@ def stores(ctx):
 
 
 def select_stores(pool: Path, target: Path, out: Path) -> list[str]:
-    return ["select", "--train-store", str(pool), "--target-store", str(target), "--count", "2", "--output", str(out)]
+    return ["select", "--method", "less", "--train-store", str(pool), "--target-store", str(target), "--count", "2", "--output", str(out)]
 
 
 def test_a_target_store_of_another_run_is_refused(stores, tmp_path, capsys):
@@ -230,7 +230,7 @@ def test_a_non_finite_gradient_is_set_aside_and_never_scored(ctx, tmp_path, caps
     assert index == [False, False, True, False, False, False]
     (features,) = (np.load(f) for f in (store / "features").iterdir())
     assert np.isfinite(features).all() and not features[2].any()
-    assert main(["select", "--train-store", str(store), "--target-store", str(target_store), "--count", "2",
+    assert main(["select", "--method", "less", "--train-store", str(store), "--target-store", str(target_store), "--count", "2",
                  "--output", str(sel)]) == 0
     rows = list(csv.DictReader(open(sel / "scores.csv")))
     assert rows[2]["status"] == "non_finite_gradient" and rows[2]["score"] == "" and rows[2]["selected"] == "0"

@@ -17,6 +17,7 @@ from gradsift.data import (
     IGNORE_INDEX,
     ChatEncoder,
     collate,
+    final_answer_start,
     index_examples,
     read_messages,
     read_record_bytes,
@@ -181,6 +182,37 @@ def test_labels_cover_only_assistant_tokens(tokenizer):
     unlabelled = tokenizer.convert_ids_to_tokens([t for t, lab in zip(ids, labels) if lab == IGNORE_INDEX])
     assert "sat" in unlabelled and "assistant" in unlabelled and "logic" in unlabelled
     assert "mat" not in unlabelled and "green" not in unlabelled
+
+
+@pytest.mark.parametrize("reply, answer", [
+    ("Not True is False. So the answer is False.", "False."),
+    ("16 cups make a gallon.\nThe answer is 15.", "15."),
+    ("3 + 4 = 7\n#### 7", "7"),
+    ("Answer: (B)", "(B)"),
+    ("the answer is maybe; on reflection the answer is no", "no"),  # the last marker states the result
+    ("October", "October"),  # a direct reply is all answer
+])
+def test_final_answer_start(reply, answer):
+    assert reply[final_answer_start(reply):] == answer
+
+
+def test_response_labelling_of_a_worked_and_a_direct_reply(tokenizer):
+    worked = [{"role": "user", "content": "one plus two"},
+              {"role": "assistant", "content": "one plus two equals three so the answer is three"}]
+    direct = [{"role": "user", "content": "one plus two"}, {"role": "assistant", "content": "three"}]
+    full, answer, only = (ChatEncoder(tokenizer, 256, r) for r in ("full", "answer", "answer-only"))
+    ids, labels = full.encode(worked)
+    assert labelled_text(tokenizer, labels).startswith("one plus two equals three so")
+    # answer: the same tokens, the loss on the final answer only
+    answer_ids, answer_labels = answer.encode(worked)
+    assert answer_ids == ids and labelled_text(tokenizer, answer_labels) == "three <|im_end|>"
+    # answer-only: the reasoning is gone from the input too, leaving the direct reply
+    assert only.encode(worked) == full.encode(direct)
+    assert "equals" not in tokenizer.convert_ids_to_tokens(only.encode(worked)[0])
+    for encoder in (answer, only):  # a direct reply is all answer, whatever the labelling
+        assert encoder.encode(direct) == full.encode(direct)
+    with pytest.raises(ValueError, match="unknown response"):
+        ChatEncoder(tokenizer, 256, "reasoning")
 
 
 def test_truncation_and_no_label_tokens(tmp_path, tokenizer):

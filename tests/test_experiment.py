@@ -8,6 +8,7 @@ import json
 import random
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 from conftest import WORDS, write_jsonl
@@ -45,7 +46,10 @@ def bench(tmp_path_factory, tiny_model_dir):
         "targets": {n: {"fewshot": [f"{n}/fewshot.jsonl"], "test": [f"{n}/test.jsonl"]} for n in ("skill", "other")},
         "relevance": "relevance.json",
         "methods": ["random", "bm25", {"method": "full", "seeds": [0]}, {"method": "less", "label": "less-d256", "build": {"dim": 256}},
-                    {"method": "less", "label": "less-d512", "build": {"dim": 512}}, "rds"],
+                    {"method": "less", "label": "less-d512", "build": {"dim": 512}}, "rds",
+                    {"method": "fusion", "build": {"dim": 256}, "seeds": [0]},
+                    {"method": "less", "label": "less-answer", "build": {"dim": 256},
+                     "target_build": {"response": "answer"}, "seeds": [0]}, {"method": "exact", "seeds": [0]}],
         "fractions": [0.1],
         "seeds": [0, 1],
         "warmup": {"fraction": 0.5, "epochs": 1, "lora_r": 4, "lora_alpha": 8, "learning_rate": 1e-2,
@@ -72,13 +76,20 @@ def finished(bench):
 
 def test_every_cell_has_a_row(finished):
     out, rows = finished
-    methods = {"base", "random", "bm25", "full", "less-d256", "less-d512", "rds"}
+    methods = {"base", "random", "bm25", "full", "less-d256", "less-d512", "rds", "fusion", "less-answer", "exact"}
     assert {r["method"] for r in rows} == methods
-    # 2 targets x (base x 2 models + 5 methods x 2 seeds + full at seed 0 only + transfer random x 2 seeds)
-    assert len(rows) == 2 * (2 + 2 * 5 + 1 + 2)
-    # the two less dims share one gradient pass: one warmup, and stores of both dims from it
+    # 2 targets x (base x 2 models + 5 methods x 2 seeds + full, fusion, less-answer, exact at seed 0 only
+    # + transfer random x 2 seeds)
+    assert len(rows) == 2 * (2 + 2 * 5 + 4 + 2)
+    # the two less dims share one gradient pass: one warmup, and stores of both dims from it; fusion reads
+    # the 256-dim stores, and less-answer the same pool store with target stores of its own
     stores = sorted(p.name for p in (out / "stores").iterdir())
     assert len(stores) == 2 and stores[0].startswith("sparse-256") and stores[1].startswith("sparse-512")
+    assert sorted(p.name.split("-")[0] for p in (out / "stores" / stores[0]).iterdir()) == ["pool", "targets", "targets"]
+    answer = next(p for p in (out / "stores" / stores[0]).iterdir() if p.name.startswith("targets-"))
+    assert json.loads((answer / "skill" / "manifest.json").read_text())["response"] == "answer"
+    fusion = json.loads((out / next(r for r in rows if r["method"] == "fusion")["selection"] / "summary.json").read_text())
+    assert fusion["method"] == "fusion" and fusion["pool_store"].endswith(f"{stores[0]}/pool")
     assert all(float(r["loss"]) > 0 for r in rows)
     assert all(r["accuracy"] == "" for r in rows)  # no choices, no generation
     full = [r for r in rows if r["method"] == "full"]
@@ -117,6 +128,9 @@ def test_precision_and_recall_follow_the_labels(finished, bench):
         pairs = [(float(a["score"]) > float(b["score"])) + 0.5 * (a["score"] == b["score"])  # every relevant-other pair
                  for a in scored if a["id"] in relevant for b in scored if b["id"] not in relevant]
         assert float(r["auc"]) == pytest.approx(sum(pairs) / len(pairs), rel=1e-6)
+        chars = lambda rows: float(np.median([int(s["chars"]) for s in rows]))  # noqa: E731
+        assert float(r["length"]) == pytest.approx(chars([s for s in scored if s["selected"] == "1"]) / chars(scored),
+                                                   rel=1e-5)
     bm25 = [r for r in rows if r["target"] == "skill" and r["method"] == "bm25"]
     assert float(bm25[0]["precision"]) == 1.0  # the skill's own words: BM25 finds them
 

@@ -27,7 +27,7 @@ def folders(tmp_path_factory, tiny_model_dir):
     for name, data, gradient in (("pool_store", pool, "adam"), ("target_store", target, "sgd")):
         assert main(["build", "--run", str(f["run"]), "--data", str(data), "--gradient", gradient, "--dim", "64",
                      "--output", str(f[name]), "--device", "cpu"]) == 0
-    assert main(["select", "--train-store", str(f["pool_store"]), "--target-store", str(f["target_store"]),
+    assert main(["select", "--method", "less", "--train-store", str(f["pool_store"]), "--target-store", str(f["target_store"]),
                  "--count", "4", "--output", str(f["selection"])]) == 0
     assert main(["train", "--model", str(tiny_model_dir), "--data", str(f["selection"] / "selected.jsonl"),
                  "--output", str(f["trained"]), "--epochs", "2", *small]) == 0

@@ -39,8 +39,11 @@ def test_real_model_pipeline(tmp_path, all_threads):
     common = ["--run", str(run), "--dim", "256", "--batch-size", "8"]
     assert main(["build", *common, "--data", *pool, "--output", str(pool_store)]) == 0
     assert main(["build", *common, "--data", str(target), "--output", str(target_store), "--gradient", "sgd"]) == 0
-    assert main(["select", "--train-store", str(pool_store), "--target-store", str(target_store),
+    assert main(["select", "--method", "less", "--train-store", str(pool_store), "--target-store", str(target_store),
                  "--output", str(out), "--fraction", "0.1"]) == 0
+    fused = tmp_path / "fusion"  # the default method: less, bm25 and rds (the stores' model) fused
+    assert main(["select", "--train-store", str(pool_store), "--target-store", str(target_store),
+                 "--output", str(fused), "--fraction", "0.1"]) == 0
 
     run_meta = json.loads((run / "run.json").read_text())
     assert [c["epoch"] for c in run_meta["checkpoints"]] == [1, 2]
@@ -61,3 +64,10 @@ def test_real_model_pipeline(tmp_path, all_threads):
     assert all(line in source_lines for line in selected)  # verbatim records
     best = sorted((r for r in rows if r["rank"]), key=lambda r: int(r["rank"]))[: len(selected)]
     assert [r["selected"] for r in best] == ["1"] * len(selected)
+
+    summary = json.loads((fused / "summary.json").read_text())
+    assert summary["method"] == "fusion" and summary["method_settings"]["members"] == ["less", "bm25", "rds"]
+    fused_rows = list(csv.DictReader(open(fused / "scores.csv")))
+    ok = [r for r in fused_rows if r["status"] == "ok"]
+    assert sorted(int(float(r["score"])) for r in ok) == list(range(1, len(ok) + 1))  # n - fused rank
+    assert all(int(float(r["score"])) == len(ok) + 1 - int(r["rank"]) for r in ok)

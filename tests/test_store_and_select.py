@@ -18,7 +18,8 @@ from conftest import WORDS, write_jsonl, write_parquet
 from gradsift.build import BuildConfig, build, build_together
 from gradsift.datastore import GradientStore
 from gradsift.errors import ConfigError, StoreMismatchError
-from gradsift.scoring import aggregate, checkpoint_weights, relevance_auc, top_k, weighted_similarity
+from gradsift.scoring import (aggregate, checkpoint_weights, fuse_ranks, relevance_auc, round_robin, top_k,
+                              weighted_similarity)
 from gradsift.select import SelectConfig, select
 from gradsift.training import Run
 from gradsift.warmup import WarmupConfig, warmup
@@ -112,7 +113,7 @@ def stores(run, data):
 def selection(stores, data):
     pool, target = stores
     out = data["root"] / "selection"
-    select(SelectConfig(train_store=pool.path, target_store=[target.path], output=out, count=3))
+    select(SelectConfig(method="less", train_store=pool.path, target_store=[target.path], output=out, count=3))
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return out, rows
@@ -178,7 +179,7 @@ def test_parquet_and_json_array_pool_selects_like_jsonl(selection, stores, run, 
         name = f"{c.path.name}.npy"
         assert (pool.path / "features" / name).read_bytes() == (stores[0].path / "features" / name).read_bytes()
 
-    select(SelectConfig(train_store=pool.path, target_store=[stores[1].path], output=tmp_path / "sel", count=3))
+    select(SelectConfig(method="less", train_store=pool.path, target_store=[stores[1].path], output=tmp_path / "sel", count=3))
     assert records(tmp_path / "sel" / "selected.jsonl") == records(out / "selected.jsonl")
     assert '"source": "web é"' in (tmp_path / "sel" / "selected.jsonl").read_text(encoding="utf-8")  # not escaped
 
@@ -315,7 +316,7 @@ def test_stores_with_other_projection_or_settings_are_not_comparable(stores, run
     assert differing_fields(message) == [field] and str(pool.path) in message and str(other.path) in message
     assert "\n" not in message
     with pytest.raises(StoreMismatchError):
-        select(SelectConfig(train_store=pool.path, target_store=[other.path], output=tmp_path / "out", count=3))
+        select(SelectConfig(method="less", train_store=pool.path, target_store=[other.path], output=tmp_path / "out", count=3))
     assert not (tmp_path / "out").exists()
 
 
@@ -340,9 +341,9 @@ def test_rebuilding_into_a_folder_with_other_settings_is_refused(stores, run, da
 def test_select_refuses_impossible_counts(stores, tmp_path):
     pool, target = stores
     with pytest.raises(ConfigError):
-        select(SelectConfig(train_store=pool.path, target_store=[target.path], output=tmp_path / "o", count=52))
+        select(SelectConfig(method="less", train_store=pool.path, target_store=[target.path], output=tmp_path / "o", count=52))
     with pytest.raises(ConfigError):
-        select(SelectConfig(train_store=pool.path, target_store=[target.path], output=tmp_path / "o", fraction=0.0))
+        select(SelectConfig(method="less", train_store=pool.path, target_store=[target.path], output=tmp_path / "o", fraction=0.0))
 
 
 # -- scoring math ----------------------------------------------------------------------------------
@@ -367,6 +368,69 @@ def test_aggregate_subtask_mean_max_by_hand():
     assert aggregate(t, subtasks, "max").tolist() == pytest.approx([max(r) for r in sim], abs=1e-12)
     with pytest.raises(ValueError):
         aggregate(t, subtasks, "median")
+
+
+def test_round_robin_takes_each_subtasks_next_row_in_turn():
+    rng = np.random.default_rng(0)
+    means = rng.random((40, 3)).astype(np.float32)
+    means[5] = means[6]  # a tie: the lower index first, in every subtask
+    candidates = rng.random(40) < 0.8
+    rows = np.flatnonzero(candidates)
+    # by hand: round r visits subtask 0, 1, 2 and takes that subtask's r-th candidate unless already taken
+    orders = [sorted(rows, key=lambda i: (-means[i, s], i)) for s in range(3)]
+    expected = []
+    for r in range(len(rows)):
+        for order in orders:
+            if order[r] not in expected:
+                expected.append(order[r])
+    scores = round_robin(means, candidates)
+    assert top_k(scores[rows], len(rows)).tolist() == [rows.tolist().index(i) for i in expected]
+    assert (scores[~candidates] < scores[candidates].min()).all()  # non-candidates last
+    # a subtask with one relevant row still gets its turn: row 0 is best for subtask 2 only
+    means = np.array([[0.0, 0.0, 1.0], [0.9, 0.9, 0.1], [0.8, 0.8, 0.2], [0.7, 0.7, 0.3]], np.float32)
+    assert top_k(round_robin(means, np.ones(4, bool)), 2).tolist() == [1, 0]
+
+
+def test_fuse_ranks_by_hand():
+    rng = np.random.default_rng(1)
+    scores = [rng.integers(0, 6, 30).astype(np.float32) for _ in range(3)]  # many ties
+    candidates = rng.random(30) < 0.7
+    rows = np.flatnonzero(candidates)
+    rank = [{i: r for r, i in enumerate(sorted(rows, key=lambda i: (-s[i], i)))} for s in scores]
+    by_hand = {
+        "median": lambda i: (-np.median([r[i] for r in rank]), -np.mean([r[i] for r in rank])),
+        "mean": lambda i: -np.mean([r[i] for r in rank]),
+        "rrf": lambda i: sum(1 / (60 + r[i] + 1) for r in rank),
+    }
+    for how, key in by_hand.items():
+        order = sorted(rows, key=lambda i: (tuple(-np.atleast_1d(key(i))), i))  # best first, ties to the lower row
+        fused = fuse_ranks(scores, candidates, how)
+        assert fused[order].tolist() == list(range(len(rows), 0, -1)), how
+        assert (fused[~candidates] == 0).all()
+    with pytest.raises(ValueError, match="unknown rank fusion"):
+        fuse_ranks(scores, candidates, "max")
+    # one method's outlier does not place a row under median fusion: row 0 is first for one method only
+    one_loves_0 = [np.array([9, 0, 0, 0.0]), np.array([0, 3, 2, 1.0]), np.array([0, 3, 2, 1.0])]
+    assert top_k(fuse_ranks(one_loves_0, np.ones(4, bool)), 2).tolist() == [1, 2]
+
+
+def test_fusion_is_the_median_rank_of_less_bm25_and_rds(stores, tmp_path):
+    pool, target = stores
+    out = tmp_path / "fusion"
+    (fused,) = select(SelectConfig(train_store=pool.path, target_store=[target.path], output=out, count=3,
+                                   max_length=MAX_LENGTH, device="cpu"))  # the default method
+    members = {}
+    for method in ("less", "bm25", "rds"):
+        files = {"train_store": pool.path, "target_store": [target.path]} if method == "less" else \
+            {"pool": [Path(f["path"]) for f in pool.manifest["files"]],
+             "target": [Path(f["path"]) for f in target.manifest["files"]], "model": pool.manifest["model"]["name"]}
+        (members[method],) = select(SelectConfig(method=method, output=tmp_path / method, count=3,
+                                                 max_length=MAX_LENGTH, device="cpu", **files))
+    ok = fused.scored
+    expected = fuse_ranks([np.where(ok, m.scores, 0) for m in members.values()], ok, "median")
+    assert np.array_equal(fused.scores[ok], expected[ok])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "fusion" and summary["method_settings"]["fuse"] == "median"
 
 
 def test_weighted_similarity_and_weights():
@@ -404,8 +468,8 @@ def test_a_format_1_store_with_its_json_lines_index_still_opens_and_selects(stor
     (old / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
     reopened = GradientStore.open(old)
     assert reopened.index == pool.index and list(reopened.index) == list(pool.index)
-    first = select(SelectConfig(train_store=pool.path, target_store=[target.path], output=tmp_path / "a", count=3))
-    second = select(SelectConfig(train_store=old, target_store=[target.path], output=tmp_path / "b", count=3))
+    first = select(SelectConfig(method="less", train_store=pool.path, target_store=[target.path], output=tmp_path / "a", count=3))
+    second = select(SelectConfig(method="less", train_store=old, target_store=[target.path], output=tmp_path / "b", count=3))
     assert (tmp_path / "a" / "selected.jsonl").read_bytes() == (tmp_path / "b" / "selected.jsonl").read_bytes()
     assert first[0].ranking.tolist() == second[0].ranking.tolist()
 

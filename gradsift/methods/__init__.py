@@ -2,12 +2,15 @@
 
 from .base import Pool, SelectionMethod, SimilarityMethod, Target, TargetScores, subtask_of
 from .bm25 import Bm25
+from .exact import Exact
 from .full import FullPool
+from .fusion import Fusion
 from .less import Less
 from .random import RandomSelection
 from .rds import Rds
 
-METHODS: dict[str, type[SelectionMethod]] = {m.name: m for m in (Less, RandomSelection, Bm25, Rds, FullPool)}
+METHODS: dict[str, type[SelectionMethod]] = {m.name: m for m in (Fusion, Less, Exact, RandomSelection, Bm25, Rds,
+                                                                 FullPool)}
 
-__all__ = ["METHODS", "Bm25", "FullPool", "Less", "Pool", "RandomSelection", "Rds", "SelectionMethod",
+__all__ = ["METHODS", "Bm25", "Exact", "FullPool", "Fusion", "Less", "Pool", "RandomSelection", "Rds", "SelectionMethod",
            "SimilarityMethod", "Target", "TargetScores", "subtask_of"]

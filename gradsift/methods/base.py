@@ -15,11 +15,11 @@ from typing import ClassVar, Iterator
 import numpy as np
 import torch
 
-from ..data import ExampleRef, index_examples
+from ..data import ChatEncoder, ExampleRef, index_examples
 from ..datastore import GradientStore
 from ..errors import ConfigError
 from ..store_index import StoreIndex
-from ..scoring import Aggregate, aggregate, best_subtask
+from ..scoring import Aggregate, aggregate, best_subtask, round_robin, subtask_means
 
 
 def subtask_of(ref: ExampleRef) -> str:
@@ -40,13 +40,16 @@ class Pool:
     store: GradientStore | None = None  # the gradient store the rows come from (less)
 
     @classmethod
-    def from_files(cls, paths: list[Path], skip_bad: bool = False) -> "Pool":
-        """Every parsed record is a row (text methods read records, they do not tokenize them)."""
-        refs, bad, files = index_examples(paths, None, skip_bad)
+    def from_files(cls, paths: list[Path], skip_bad: bool = False, encoder: ChatEncoder | None = None) -> "Pool":
+        """Every parsed record is a row (text methods read records, they do not tokenize them). With an
+        ``encoder`` (methods that take gradients) rows are tokenized, and one left without label tokens
+        is not scorable, as in a store."""
+        refs, bad, files = index_examples(paths, encoder, skip_bad)
         if not refs:
             raise ConfigError(f"no pool records in {[str(p) for p in paths]}")
-        return cls(StoreIndex.from_refs(refs), np.ones(len(refs), bool), {f.path: f.sha256 for f in files},
-                   [asdict(b) for b in bad])
+        index = StoreIndex.from_refs(refs)
+        scorable = index.ok_mask() if encoder is not None else np.ones(len(refs), bool)
+        return cls(index, scorable, {f.path: f.sha256 for f in files}, [asdict(b) for b in bad])
 
     @classmethod
     def from_store(cls, store: GradientStore) -> "Pool":
@@ -71,11 +74,16 @@ class Target:
         return [subtask_of(r) for r in self.refs]
 
     @classmethod
-    def from_files(cls, name: str, paths: list[Path], skip_bad: bool = False) -> "Target":
-        refs, bad, files = index_examples(paths, None, skip_bad)
+    def from_files(cls, name: str, paths: list[Path], skip_bad: bool = False,
+                   encoder: ChatEncoder | None = None) -> "Target":
+        """The target's records; with an ``encoder``, tokenized, and those without label tokens skipped."""
+        refs, bad, files = index_examples(paths, encoder, skip_bad)
         if not refs:
             raise ConfigError(f"target {name!r} has no records in {[str(p) for p in paths]}")
-        return cls(name, refs, {f.path: f.sha256 for f in files}, bad_records=[asdict(b) for b in bad])
+        usable = refs if encoder is None else [r for r in refs if r.status == "ok"]
+        if not usable:
+            raise ConfigError(f"target {name!r} has no usable example (all without label tokens after truncation)")
+        return cls(name, usable, {f.path: f.sha256 for f in files}, len(refs) - len(usable), [asdict(b) for b in bad])
 
     @classmethod
     def from_store(cls, store: GradientStore) -> "Target":
@@ -130,11 +138,18 @@ class SimilarityMethod(SelectionMethod):
         rows = len(pool.refs)
         out = [TargetScores(np.zeros(rows, np.float32), [""] * rows) for _ in targets]
         columns = [self.columns(pool, t) for t in targets]
+        # round-robin ranks whole columns: keep every row's subtask means (rows x subtasks, small)
+        means = [np.zeros((rows, len(set(c))), np.float32) for c in columns] if self.aggregate == "round-robin" else []
         for start, chunk in self.similarities(pool, targets):
-            for subtasks, sim, result in zip(columns, chunk, out):
+            for k, (subtasks, sim, result) in enumerate(zip(columns, chunk, out)):
                 end = start + sim.shape[0]
-                result.scores[start:end] = aggregate(sim.float(), subtasks, self.aggregate).numpy()
+                if means:
+                    means[k][start:end] = subtask_means(sim.float(), subtasks)[0].numpy()
+                else:
+                    result.scores[start:end] = aggregate(sim.float(), subtasks, self.aggregate).numpy()
                 result.subtask[start:end] = best_subtask(sim.float(), subtasks)
+        for result, m in zip(out, means):
+            result.scores[:] = round_robin(m, pool.scorable)
         return out
 
     def settings(self) -> dict:
