@@ -1,4 +1,5 @@
-"""The fusion's rule, ablated from an experiment's own files: which methods to fuse, and how.
+"""Ablations computed from an experiment's own files, with no model run: the fusion's rule (which
+methods to fuse, and how), and transforms of LESS's stored features (centring, whitening).
 
 A fused selection is a function of its members' scores alone (``gradsift.scoring.fuse_ranks``), and
 every selection's scores.csv holds every pool row's score. So each rule's precision and AUC of the
@@ -6,8 +7,11 @@ relevant records follow from the less, bm25 and rds selections of an experiment,
 
     python experiments/ablations.py methods     # the folder of `gradsift experiment experiments/methods.yaml`
 
-Prints a markdown table (also written to FOLDER/fusion-ablation.md): per target, the precision of the
-top 5% and the AUC of each fusion rule over each set of members, beside the members alone.
+Prints two markdown tables (also written to FOLDER/ablations.md): per target, the precision of the
+top 5% and the AUC of the relevant records for each fusion rule over each set of members, beside the
+members alone; and for LESS's scores (subtask-mean-max) from the experiment's 8192-dim stores with
+the pool's features centred on their mean, or whitened (as TAROT does) with a ridge of a fraction of
+the mean eigenvalue, ``(Σ + λI)^(-1/2)`` through the pool's SVD, targets transformed alike.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from gradsift.datastore import GradientStore
 from gradsift.files import atomic_write_bytes
-from gradsift.scoring import fuse_ranks, relevance_auc, top_k
+from gradsift.methods import Target
+from gradsift.scoring import fuse_ranks, relevance_auc, subtask_mean_rows, top_k
 
 MEMBERS = ("less", "bm25", "rds")
 RULES = ("median", "mean", "rrf")
@@ -62,14 +69,60 @@ def ablate(folder: Path, fraction: float = 0.05) -> str:
     return "\n".join(lines) + "\n"
 
 
+def transformed(pool: np.ndarray, targets: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pool and target rows (float64) centred on the pool's mean, or whitened by its covariance; unit rows."""
+    if how != "plain":
+        mean = pool.mean(0)
+        pool, targets = pool - mean, targets - mean
+    if how.startswith("whiten"):
+        _, singular, vt = np.linalg.svd(pool / np.sqrt(len(pool)), full_matrices=False)
+        eig = singular ** 2
+        ridge = float(how.split("-")[1]) * eig.mean()
+        # (Σ + λI)^(-1/2) z = V diag((eig + λ)^(-1/2) - λ^(-1/2)) Vᵀ z + λ^(-1/2) z
+        whiten = lambda z: ((z @ vt.T) * (1 / np.sqrt(eig + ridge) - 1 / np.sqrt(ridge))) @ vt + z / np.sqrt(ridge)  # noqa: E731
+        pool, targets = whiten(pool), whiten(targets)
+    unit = lambda z: z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-300)  # noqa: E731
+    return unit(pool), unit(targets)
+
+
+def feature_ablation(folder: Path, fraction: float = 0.05) -> str:
+    config = json.loads((folder / "experiment.json").read_text())
+    relevance = {k: set(v) for k, v in json.loads(Path(config["relevance"]).read_text()).items()}
+    stores = folder / "stores" / next(p.name for p in sorted((folder / "stores").iterdir())
+                                      if p.name.startswith("sparse-8192-"))
+    pool = GradientStore.open(stores / "pool")
+    ids, ok = pool.index.column("id"), pool.ok_mask()
+    rows = np.flatnonzero(ok)
+    checkpoints = [(c["name"], c["weight"]) for c in pool.checkpoints]
+    features = {name: pool.rows(name)[rows].astype(np.float64) for name, _ in checkpoints}
+    lines = ["| features | " + " | ".join(f"{t['name']} precision / AUC" for t in config["targets"]) + " |",
+             "|---|" + "---|" * len(config["targets"])]
+    for how in ("plain", "centred", "whiten-0.1", "whiten-0.01"):
+        cells = []
+        for t in config["targets"]:
+            store = GradientStore.open(stores / "targets" / t["name"])
+            target = Target.from_store(store)
+            score = 0.0
+            for name, weight in checkpoints:
+                x, g = transformed(features[name], store.rows(name, np.flatnonzero(store.ok_mask())).astype(np.float64), how)
+                means = subtask_mean_rows(torch.from_numpy(g), target.subtasks).numpy()
+                score = score + weight * (x @ means.T)
+            score = score.max(1)
+            relevant = np.array([ids[i] in relevance[t["name"]] for i in rows])
+            picked = top_k(score, round(fraction * len(ids)))
+            cells.append(f"{relevant[picked].mean():.2f} / {relevance_auc(score, relevant):.3f}")
+        lines.append(f"| {how} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="an experiment folder with less, bm25 and rds selections")
     parser.add_argument("--fraction", type=float, default=0.05)
     args = parser.parse_args()
-    table = ablate(args.folder, args.fraction)
-    atomic_write_bytes(args.folder / "fusion-ablation.md", table.encode())
-    print(table)
+    tables = ablate(args.folder, args.fraction) + "\n" + feature_ablation(args.folder, args.fraction)
+    atomic_write_bytes(args.folder / "ablations.md", tables.encode())
+    print(tables)
 
 
 if __name__ == "__main__":

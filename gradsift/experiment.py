@@ -15,7 +15,8 @@ Config (YAML; paths relative to the file, globs allowed)::
       boolean: {fewshot: [benchmark/targets/boolean/fewshot.jsonl], test: [benchmark/targets/boolean/test.jsonl],
                 evaluate: {max_new_tokens: 8}}     # EvaluateConfig fields for this target only
     relevance: benchmark/relevance.json  # optional {target: [relevant pool ids]}: precision, recall, AUC
-    methods: [less, {method: less, label: less-d1024, build: {dim: 1024}}, bm25, rds, random,
+    methods: [fusion, less, {method: less, label: less-d1024, build: {dim: 1024}}, bm25, rds, random, exact,
+              {method: less, label: less-answer, target_build: {response: answer}},  # target stores only
               {method: full, seeds: [0]}]      # seeds: this method's subset of the grid's seeds
     fractions: [0.05]
     seeds: [0, 1, 2]
@@ -27,7 +28,8 @@ Config (YAML; paths relative to the file, globs allowed)::
     transfer:                                          # train another model on some methods' selections
       - {model: gemma3-270m, methods: [less, random], train: {micro_batch_size: 4}}
 
-DIR gets ``results.csv`` (one row per cell), ``results.md`` (mean ± spread over seeds, best loss per
+DIR gets ``results.csv`` (one row per cell: loss, accuracy, precision, recall, AUC, and ``length``, the
+selection's median length over the pool's), ``results.md`` (mean ± spread over seeds, best loss per
 target and model in bold), ``results.png`` (bar chart), ``experiment.json`` (the config it ran), and
 the stages' folders: ``run/``, ``stores/``, ``selections/``, ``train/``, ``eval/``.
 """
