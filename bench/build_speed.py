@@ -292,6 +292,18 @@ def quality(args) -> dict:
     return report
 
 
+def run_record(script: str, args, results: dict) -> dict:
+    """What a benchmark run records beside its figures: the command, date, machine and settings."""
+    return {
+        "command": " ".join(["python", script, *sys.argv[1:]]),
+        "date": str(date.today()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
+        "settings": {k: v for k, v in vars(args).items() if k not in ("variant", "out")},
+        "speed": results,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=32, help="examples per speed variant")
@@ -336,14 +348,7 @@ def main():
     if "reference" in results:
         for v, r in results.items():
             r["speedup_vs_reference"] = r["examples_per_s"] / results["reference"]["examples_per_s"]
-    record = {
-        "command": " ".join(["python", "bench/build_speed.py", *sys.argv[1:]]),
-        "date": str(date.today()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("variant", "out")},
-        "speed": results,
-    }
+    record = run_record("bench/build_speed.py", args, results)
     if "quality" not in args.skip:
         record["quality"] = child(args, "quality")
         print(json.dumps(record["quality"]), flush=True)

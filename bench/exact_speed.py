@@ -22,17 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from build_speed import bench_data, child, prepare, run_variant, speed_file, usable
+from build_speed import bench_data, child, prepare, run_record, run_variant, speed_file, usable
 from gradsift.data import ChatEncoder, read_records
 from gradsift.files import atomic_write_bytes
 from gradsift.methods import exact
@@ -119,14 +116,7 @@ def main():
     ratio = floor / results["exact"]["examples_per_s"]
     results["exact"]["time_vs_training"] = ratio
     results["exact"]["time_vs_training_without_targets"] = floor / results["exact"]["pool_examples_per_s"]
-    record = {
-        "command": " ".join(["python", "bench/exact_speed.py", *sys.argv[1:]]),
-        "date": str(date.today()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("variant", "out")},
-        "speed": results,
-    }
+    record = run_record("bench/exact_speed.py", args, results)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(f"exact: {results['exact']['examples_per_s']:.3g} examples/s, training: {floor:.3g} examples/s: "
           f"{ratio:.2f}x the training pass (goal <= 1.2x; "
