@@ -288,7 +288,9 @@ class Experiment:
     def trained(self, model: str, selection: Path, seed: int, settings: dict) -> Path:
         """The training run of ``model`` on a selection's records; one per distinct (model, records,
         settings, seed), shared by every cell that selected the same records."""
-        records = (selection / "selected.jsonl").read_bytes()
+        # sorted: training does not depend on record order, so selections of the same records share one run
+        lines = (selection / "selected.jsonl").read_bytes().rstrip(b"\n").split(b"\n")
+        records = b"".join(line + b"\n" for line in sorted(lines))
         key = _key(model, hashlib.sha256(records).hexdigest(), settings, seed)
         folder = self.out / "train" / f"{_slug(model)}-{key}"
         data = self.out / "train" / f"{folder.name}.jsonl"
@@ -390,25 +392,44 @@ def _number(value) -> str:
     return "" if value is None or value == "" else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std; std is 0 for one value, both None for none."""
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and sample std over seeds of each (target, model, method, fraction); std is 0 for one seed."""
+    """Mean and sample std over seeds of each (target, model, method, fraction), and ``delta``: the mean
+    (and std) over seeds of its test loss minus the reference's at the same seed, the reference being
+    the grid's first method (its first fraction) for that target and model. Training is seeded and
+    orders examples by their content, so a seed's difference is the selections' alone (paired)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["target"], r["model"], r["method"], float(r["fraction"])), []).append(r)
+    references = {}
+    for target, model, method, fraction in groups:
+        if method != "base":
+            references.setdefault((target, model), (target, model, method, fraction))
     out = []
     for (target, model, method, fraction), members in groups.items():
         entry = {"target": target, "model": model, "method": method, "fraction": fraction, "seeds": len(members),
                  "selected": members[0]["selected"]}
         for metric in ("loss", "accuracy", "precision", "recall", "auc", "length"):
-            values = [float(m[metric]) for m in members if m[metric] not in (None, "")]
-            entry[metric] = float(np.mean(values)) if values else None
-            entry[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)
+            entry[metric], entry[f"{metric}_std"] = _mean_std([float(m[metric]) for m in members
+                                                               if m[metric] not in (None, "")])
+        reference = {r["seed"]: float(r["loss"]) for r in groups[references[target, model]]} \
+            if method != "base" else {}
+        entry["reference"] = references[target, model][2] if method != "base" else None
+        entry["delta"], entry["delta_std"] = _mean_std([float(m["loss"]) - reference[m["seed"]] for m in members
+                                                        if m["seed"] in reference])
         out.append(entry)
     return out
 
 
 def results_markdown(rows: list[dict]) -> str:
-    """One table per target: mean ± std over seeds; the lowest loss per (target, model) in bold."""
+    """One table per target: mean ± std over seeds, the paired difference from the grid's first method
+    (``summarize``); the lowest loss per (target, model) in bold."""
     stats = summarize(rows)
     lines = []
     for target in dict.fromkeys(s["target"] for s in stats):
@@ -418,17 +439,20 @@ def results_markdown(rows: list[dict]) -> str:
             if s["method"] != "base" and s["loss"] is not None:
                 if s["model"] not in best or s["loss"] < best[s["model"]]:
                     best[s["model"]] = s["loss"]
+        reference = next((s["reference"] for s in mine if s["reference"]), "the first method")
         lines += [f"### {target}", "",
-                  "| model | method | fraction | selected | seeds | test loss | accuracy | precision | recall | AUC | "
-                  "length |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | method | fraction | selected | seeds | test loss | "
+                  f"vs {reference}, paired | accuracy | precision | recall | AUC | length |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in mine:
-            cell = lambda m, d=3: "–" if s[m] is None else f"{s[m]:.{d}f} ± {s[m + '_std']:.{d}f}"  # noqa: E731
+            cell = lambda m, d=3, sign="": "–" if s[m] is None else f"{s[m]:{sign}.{d}f} ± {s[m + '_std']:.{d}f}"  # noqa: E731
             loss = cell("loss")
             if s["loss"] is not None and best.get(s["model"]) == s["loss"] and s["method"] != "base":
                 loss = f"**{loss}**"
+            delta = "–" if s["method"] in ("base", s["reference"]) else cell("delta", sign="+")
             lines.append(f"| {Path(s['model']).name} | {s['method']} | {s['fraction']:g} | {s['selected']} | "
-                         f"{s['seeds']} | {loss} | {cell('accuracy')} | {cell('precision', 2)} | {cell('recall', 2)} | "
-                         f"{cell('auc', 2)} | {cell('length', 2)} |")
+                         f"{s['seeds']} | {loss} | {delta} | {cell('accuracy')} | {cell('precision', 2)} | "
+                         f"{cell('recall', 2)} | {cell('auc', 2)} | {cell('length', 2)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -27,7 +27,9 @@ def train(config: TrainConfig) -> Run:
     """Train (or resume, or return if complete) and put the final weights at the top of OUTPUT."""
     world = World.current(pick_device(config.device))
     with world_locks(world, [config.output]):
-        run = train_run(config, config.model, config.data, config.output, full=config.full, keep_optimizer_states=False)
+        # a selection's records in any order train the same run; selections that share records, alike
+        run = train_run(config, config.model, config.data, config.output, full=config.full,
+                        keep_optimizer_states=False, order_by_content=True)
         if world.main:
             _export_final(run)
         world.barrier()

@@ -17,6 +17,7 @@ last complete epoch to the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -222,12 +223,28 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int) -> floa
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
+def content_order(examples: list[tuple[list[int], list[int]]], seed: int, epoch: int) -> np.ndarray:
+    """A seeded order of ``examples`` (their positions) decided by each example's tokens, not by its place
+    in the data: a run on the same examples in another file order is the same run, and two runs at one
+    seed on overlapping data see the examples they share in the same relative order. Comparisons of
+    selections then differ by the examples they choose, not by a reshuffle (common random numbers)."""
+    def key(example) -> bytes:
+        ids, labels = (np.asarray(x, dtype=np.int64).tobytes() for x in example)
+        return hashlib.blake2b(ids + b"|" + labels, digest_size=16, key=f"{seed}:{epoch}".encode()).digest()
+
+    keys = [key(e) for e in examples]
+    return np.array(sorted(range(len(examples)), key=lambda i: (keys[i], i)), dtype=np.int64)
+
+
 def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], output: Path, *,
-              fraction: float = 1.0, full: bool = False, keep_optimizer_states: bool = True) -> Run:
+              fraction: float = 1.0, full: bool = False, keep_optimizer_states: bool = True,
+              order_by_content: bool = False) -> Run:
     """Train on a seeded ``fraction`` of the usable examples of ``data`` (LoRA, or every weight if
     ``full``), one checkpoint per epoch; resume or return an existing run of the same settings.
     Without ``keep_optimizer_states`` only the last checkpoint keeps its optimizer state (enough to
-    resume; gradient features need them all)."""
+    resume; gradient features need them all). Each epoch's order is a seeded permutation of the
+    examples' places (warmup: the order its recorded runs and stores were made with), or with
+    ``order_by_content`` (train) their ``content_order``."""
     from peft import get_peft_model
 
     output = Path(output)
@@ -284,7 +301,8 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     model.train()
     for epoch in range(len(run.checkpoints) + 1, settings.epochs + 1):
         torch.manual_seed(settings.seed * 1000 + epoch)  # dropout: the same whether or not the run resumed
-        order = np.random.default_rng([settings.seed, epoch]).permutation(len(encoded))
+        order = (content_order(encoded, settings.seed, epoch) if order_by_content else
+                 np.random.default_rng([settings.seed, epoch]).permutation(len(encoded)))
         lrs = []
         bar = tqdm(range(steps_per_epoch), desc=f"{output.name} epoch {epoch}/{settings.epochs}", unit="step",
                    disable=not world.main)

@@ -14,7 +14,7 @@ import yaml
 from conftest import WORDS, write_jsonl
 
 from gradsift.cli import main
-from gradsift.experiment import load_experiment, results_markdown, run_experiment, summarize
+from gradsift.experiment import Experiment, load_experiment, results_markdown, run_experiment, summarize
 from gradsift.errors import ConfigError
 
 SKILL = "translate french hello world yes no".split()
@@ -145,6 +145,37 @@ def test_results_files(finished):
     losses = [float(r["loss"]) for r in rows if r["target"] == "skill" and r["method"] == "bm25"]
     assert bm25["seeds"] == 2 and bm25["loss"] == pytest.approx(sum(losses) / 2)
     assert results_markdown(rows) == md
+
+
+def test_each_method_is_compared_with_the_first_at_the_same_seed():
+    losses = {"fusion": [0.30, 0.40, 0.50], "less": [0.32, 0.41, 0.56]}
+    row = lambda method, seed, loss: {"target": "t", "model": "m", "method": method, "fraction": 0.05, "seed": seed,  # noqa: E731
+                                      "selected": 5, "loss": loss, "accuracy": None, "precision": 1.0,
+                                      "recall": 0.5, "auc": 0.9, "length": 1.0}
+    rows = [{**row("base", "", 1.0), "fraction": 0}]
+    rows += [row(m, seed, loss) for m, values in losses.items() for seed, loss in enumerate(values)]
+    rows.append({**row("full", 2, 0.45), "fraction": 1.0})  # one seed: paired with the reference's seed 2
+    stats = {s["method"]: s for s in summarize(rows)}
+    differences = np.subtract(losses["less"], losses["fusion"])
+    assert stats["less"]["reference"] == "fusion"
+    assert stats["less"]["delta"] == pytest.approx(differences.mean())
+    assert stats["less"]["delta_std"] == pytest.approx(differences.std(ddof=1))
+    assert stats["full"]["delta"] == pytest.approx(0.45 - 0.50) and stats["full"]["delta_std"] == 0
+    assert stats["base"]["delta"] is None and stats["fusion"]["delta"] == 0
+    table = results_markdown(rows)
+    assert "vs fusion, paired" in table and f"+{differences.mean():.3f} ± {differences.std(ddof=1):.3f}" in table
+
+
+def test_selections_of_the_same_records_in_another_order_share_one_training_run(finished, bench, tmp_path):
+    out, rows = finished
+    _, path = bench
+    config = load_experiment(path)
+    row = next(r for r in rows if r["method"] == "bm25" and r["seed"] == "0" and r["model"] == config.model)
+    lines = (out / row["selection"] / "selected.jsonl").read_text().splitlines(keepends=True)
+    assert len(set(lines)) > 1
+    (tmp_path / "selected.jsonl").write_text("".join(reversed(lines)))
+    folder = Experiment(config, out).trained(config.model, tmp_path, 0, config.train)
+    assert folder.name == (out / row["evaluation"]).name.rsplit("-", 1)[0]  # the existing run, not a new one
 
 
 def test_rerun_skips_finished_cells(finished, bench):

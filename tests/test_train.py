@@ -80,6 +80,29 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(lora_run, tiny
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
+def test_the_order_of_the_records_does_not_change_the_run(lora_run, tiny_model_dir, records, tmp_path):
+    lines = records[0].read_text().splitlines(keepends=True)
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_text("".join(reversed(lines)))
+    run = train(config(tiny_model_dir, shuffled, tmp_path / "run"))
+    a, b = load_file(run.path / "adapter_model.safetensors"), load_file(lora_run.path / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_content_order_keeps_shared_examples_in_one_relative_order():
+    rng = random.Random(0)
+    examples = [([rng.randrange(100) for _ in range(5)], [1, 2]) for _ in range(40)]
+    subset = examples[1:12:2] + examples[::2]  # overlapping data, in another order
+    for seed, epoch in [(0, 1), (3, 2)]:
+        whole = [examples[i] for i in training.content_order(examples, seed, epoch)]
+        part = [subset[i] for i in training.content_order(subset, seed, epoch)]
+        assert [e for e in whole if e in subset] == part
+    first = training.content_order(examples, 0, 1)
+    assert sorted(first.tolist()) == list(range(40))  # a permutation
+    assert first.tolist() != training.content_order(examples, 0, 2).tolist()  # each epoch its own order
+    assert first.tolist() != training.content_order(examples, 1, 1).tolist()  # each seed its own order
+
+
 def test_moved_records_resume_and_a_missing_file_is_a_clear_error(lora_run, tiny_model_dir, records, tmp_path):
     moved = tmp_path / "moved.jsonl"
     moved.write_bytes(records[0].read_bytes())
