@@ -129,8 +129,9 @@ class SelectConfig:
     fuse: Fuse = field(default="median", metadata={
         "help": "fusion: median (a row needs most methods to rank it high), mean (Borda) or rrf (reciprocal rank)"})
     seed: int = field(default=0, metadata={"help": "random: the seed of the draw"})
-    max_length: int = field(default=1024, metadata={
-        "help": "rds/exact: truncate examples to this many tokens (exact: give the run's to match its stores)"})
+    max_length: int | None = field(default=None, metadata={
+        "help": "rds/fusion/exact: truncate examples to this many tokens (default: exact, the run's, as its "
+                "stores; rds and fusion, 1024)"})
     batch_size: int = field(default=16, metadata={"help": "rds/exact: examples per forward (exact: backward) pass"})
     device: str = field(default="auto", metadata={"help": "rds/exact: auto, cpu, cuda, ..."})
     chunk_size: int = field(default=256, metadata={

@@ -59,9 +59,8 @@ from .methods import Pool, Target
 from .methods.exact import run_encoder
 from .pipeline import check_stage_values, has_type, read_yaml_mapping, stage_config, type_name
 from .scoring import relevance_auc
-from .select import SelectConfig, load_inputs, make_method, run_selection
+from .select import SelectConfig, load_inputs, make_method, run_selection, token_limit
 from .train import TrainConfig, train
-from .training import Run
 from .warmup import WarmupConfig, warmup
 
 RESULT_COLUMNS = ["target", "method", "model", "fraction", "seed", "selected", "loss", "accuracy", "precision",
@@ -270,15 +269,14 @@ class Experiment:
         if spec.method in STORE_METHODS:
             pool_store, target_stores = self._stores(spec)
             values |= {"train_store": pool_store, "target_store": [target_stores[t.name] for t in c.targets]}
-        if spec.method == "exact":  # the warmup's token limit, as the stores have
-            run = self._run()
-            values = {"max_length": Run.open(run).config["max_length"], **values, "run": run}
+        if spec.method == "exact":
+            values["run"] = self._run()
         config = stage_config(SelectConfig, f"{spec.label}.select", values, output=folder)
         method = make_method(config)
         if spec.method in STORE_METHODS:
             pool, targets = load_inputs(config)
         else:  # records files, tokenized for exact's gradients
-            encoder = run_encoder(config.run, config.max_length) if spec.method == "exact" else None
+            encoder = run_encoder(config.run, token_limit(config)) if spec.method == "exact" else None
             pool = Pool.from_files(c.pool, config.skip_bad_records, encoder)
             targets = [Target.from_files(t.name, t.fewshot, config.skip_bad_records, encoder) for t in c.targets]
         run_selection(method, pool, targets, [paths[t.name] for t in targets], config.fraction, config.count)

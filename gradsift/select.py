@@ -28,6 +28,7 @@ from .locks import folder_lock
 from .methods import METHODS, Bm25, Exact, FullPool, Fusion, Less, Pool, RandomSelection, Rds, SelectionMethod, Target
 from .methods.exact import run_encoder
 from .scoring import top_k
+from .training import Run
 
 @dataclass
 class Selection:
@@ -43,24 +44,34 @@ class Selection:
         return self.ranking[: self.count]
 
 
+def token_limit(config: SelectConfig) -> int:
+    """--max-length, else exact's run's own limit (its stores were tokenized with it), else 1024."""
+    if config.max_length:
+        return config.max_length
+    if config.method == "exact" and config.run is not None:
+        return Run.open(config.run).config["max_length"]
+    return 1024
+
+
 def make_method(config: SelectConfig) -> SelectionMethod:
     """The configured method, with the settings it uses."""
     similarity = {"aggregate": config.aggregate, "chunk_rows": config.chunk_rows}
+    max_length = token_limit(config)
     if config.method == "less":
         return Less(**similarity)
     if config.method == "fusion":
-        return Fusion(**similarity, fuse=config.fuse, model=config.model or "", max_length=config.max_length,
+        return Fusion(**similarity, fuse=config.fuse, model=config.model or "", max_length=max_length,
                       batch_size=config.batch_size, device=config.device)
     if config.method == "exact":
         return Exact(**similarity, run=config.run, work=Path(config.output) / "exact", adam_form=config.adam_form,
-                     max_length=config.max_length, batch_size=config.batch_size, chunk_size=config.chunk_size,
+                     max_length=max_length, batch_size=config.batch_size, chunk_size=config.chunk_size,
                      device=config.device)
     if config.method == "bm25":
         return Bm25(**similarity)
     if config.method == "rds":
         if not config.model:
             raise ConfigError("--method rds needs the selector model: --model MODEL")
-        return Rds(**similarity, model=config.model, max_length=config.max_length, batch_size=config.batch_size,
+        return Rds(**similarity, model=config.model, max_length=max_length, batch_size=config.batch_size,
                    device=config.device)
     if config.method == "random":
         return RandomSelection(seed=config.seed)
@@ -80,7 +91,7 @@ def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
     if not config.pool or not config.target:
         raise ConfigError(f"--method {config.method} reads records files: give --pool and --target")
     # exact takes gradients: rows are tokenized as its pass will, and those without label tokens set aside
-    encoder = run_encoder(config.run, config.max_length) if config.method == "exact" else None
+    encoder = run_encoder(config.run, token_limit(config)) if config.method == "exact" else None
     pool = Pool.from_files(config.pool, config.skip_bad_records, encoder)
     return pool, [Target.from_files(Path(config.target[0]).stem, config.target, config.skip_bad_records, encoder)]
 

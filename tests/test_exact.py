@@ -237,6 +237,9 @@ def test_another_pass_in_the_work_folder_is_refused(run, data, cli_reference, tm
     monkeypatch.setattr(exact, "load_features_model", lambda *a: pytest.fail("the finished pass was run again"))
     (sel,) = select(exact_config(run, data, out, count=5))
     assert sel.count == 5 and read_scores(out)[0]["score"] == read_scores(data["root"] / "cli-reference")[0]["score"]
+    # without --max-length the pass truncates as the run did (as its stores): the same pass again
+    (sel,) = select(exact_config(run, data, out, count=5, max_length=None))
+    assert sel.count == 5
 
 
 def test_cli_exact_needs_a_run(data, tmp_path, capsys):
