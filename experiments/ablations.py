@@ -11,7 +11,8 @@ Prints two markdown tables (also written to FOLDER/ablations.md): per target, th
 top 5% and the AUC of the relevant records for each fusion rule over each set of members, beside the
 members alone; and for LESS's scores (subtask-mean-max) from the experiment's 8192-dim stores with
 the pool's features centred on their mean, or whitened (as TAROT does) with a ridge of a fraction of
-the mean eigenvalue, ``(Σ + λI)^(-1/2)`` through the pool's SVD, targets transformed alike.
+the mean eigenvalue, ``(Σ + λI)^(-1/2)`` through the pool's SVD, targets transformed alike; and
+each selection's share of the target's test families and its records outside the default's.
 """
 
 from __future__ import annotations
@@ -115,12 +116,42 @@ def feature_ablation(folder: Path, fraction: float = 0.05) -> str:
     return "\n".join(lines) + "\n"
 
 
+def overlap(folder: Path, fraction: float = 0.05, reference: str = "fusion") -> str:
+    """Per target and selection: how many of its picks come from the families of the target's own test
+    set, and how many it does not share with ``reference``'s (selections of a few different records
+    cannot differ in loss by more than those records make)."""
+    config = json.loads((folder / "experiment.json").read_text())
+    labels = [m["label"] for m in config["methods"] if m["method"] not in ("random", "full")]
+    lines = ["| selection | " + " | ".join(f"{t['name']}: test families / not in {reference}'s"
+                                          for t in config["targets"]) + " |", "|---|" + "---|" * len(config["targets"])]
+    picks = {}
+    for label in labels:
+        for t in config["targets"]:
+            path = folder / "selections" / label / f"{fraction:g}" / t["name"] / "scores.csv"
+            if path.exists():
+                with open(path, newline="") as f:
+                    picks[label, t["name"]] = [(r["id"], r["source"]) for r in csv.DictReader(f) if r["selected"] == "1"]
+    for label in labels:
+        cells = []
+        for t in config["targets"]:
+            if (label, t["name"]) not in picks or (reference, t["name"]) not in picks:
+                cells.append("–")
+                continue
+            with open(t["test"][0]) as f:
+                families = {json.loads(line)["source"] for line in f if line.strip()}
+            mine, theirs = picks[label, t["name"]], {i for i, _ in picks[reference, t["name"]]}
+            cells.append(f"{sum(s in families for _, s in mine)} / {sum(i not in theirs for i, _ in mine)}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="an experiment folder with less, bm25 and rds selections")
     parser.add_argument("--fraction", type=float, default=0.05)
     args = parser.parse_args()
-    tables = ablate(args.folder, args.fraction) + "\n" + feature_ablation(args.folder, args.fraction)
+    tables = "\n".join([ablate(args.folder, args.fraction), feature_ablation(args.folder, args.fraction),
+                        overlap(args.folder, args.fraction)])
     atomic_write_bytes(args.folder / "ablations.md", tables.encode())
     print(tables)
 
