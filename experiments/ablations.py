@@ -131,16 +131,18 @@ def overlap(folder: Path, fraction: float = 0.05, reference: str = "fusion") -> 
             if path.exists():
                 with open(path, newline="") as f:
                     picks[label, t["name"]] = [(r["id"], r["source"]) for r in csv.DictReader(f) if r["selected"] == "1"]
+    families = {}
+    for t in config["targets"]:
+        with open(t["test"][0]) as f:
+            families[t["name"]] = {json.loads(line)["source"] for line in f if line.strip()}
     for label in labels:
         cells = []
         for t in config["targets"]:
             if (label, t["name"]) not in picks or (reference, t["name"]) not in picks:
                 cells.append("–")
                 continue
-            with open(t["test"][0]) as f:
-                families = {json.loads(line)["source"] for line in f if line.strip()}
             mine, theirs = picks[label, t["name"]], {i for i, _ in picks[reference, t["name"]]}
-            cells.append(f"{sum(s in families for _, s in mine)} / {sum(i not in theirs for i, _ in mine)}")
+            cells.append(f"{sum(s in families[t['name']] for _, s in mine)} / {sum(i not in theirs for i, _ in mine)}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -56,10 +56,9 @@ from .evaluate import EvaluateConfig, evaluate
 from .files import atomic_write_bytes, atomic_write_json, read_json
 from .locks import folder_lock
 from .methods import Pool, Target
-from .methods.exact import run_encoder
 from .pipeline import check_stage_values, has_type, read_yaml_mapping, stage_config, type_name
 from .scoring import relevance_auc
-from .select import SelectConfig, load_inputs, make_method, run_selection, token_limit
+from .select import SelectConfig, load_inputs, make_method, records_encoder, run_selection
 from .train import TrainConfig, train
 from .warmup import WarmupConfig, warmup
 
@@ -276,7 +275,7 @@ class Experiment:
         if spec.method in STORE_METHODS:
             pool, targets = load_inputs(config)
         else:  # records files, tokenized for exact's gradients
-            encoder = run_encoder(config.run, token_limit(config)) if spec.method == "exact" else None
+            encoder = records_encoder(config)
             pool = Pool.from_files(c.pool, config.skip_bad_records, encoder)
             targets = [Target.from_files(t.name, t.fewshot, config.skip_bad_records, encoder) for t in c.targets]
         run_selection(method, pool, targets, [paths[t.name] for t in targets], config.fraction, config.count)

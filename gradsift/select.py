@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import SelectConfig
-from .data import print_skips, read_records
+from .data import ChatEncoder, print_skips, read_records
 from .datastore import GradientStore
 from .errors import ConfigError
 from .files import atomic_write_bytes, atomic_write_json
@@ -51,6 +51,12 @@ def token_limit(config: SelectConfig) -> int:
     if config.method == "exact" and config.run is not None:
         return Run.open(config.run).config["max_length"]
     return 1024
+
+
+def records_encoder(config: SelectConfig) -> ChatEncoder | None:
+    """How a method that reads records files tokenizes them: exact takes gradients, so its rows are
+    tokenized as its pass will (and those without label tokens set aside); the others do not tokenize."""
+    return run_encoder(config.run, token_limit(config)) if config.method == "exact" else None
 
 
 def make_method(config: SelectConfig) -> SelectionMethod:
@@ -90,8 +96,7 @@ def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
         return Pool.from_store(pool), [Target.from_store(GradientStore.open(p)) for p in config.target_store]
     if not config.pool or not config.target:
         raise ConfigError(f"--method {config.method} reads records files: give --pool and --target")
-    # exact takes gradients: rows are tokenized as its pass will, and those without label tokens set aside
-    encoder = run_encoder(config.run, token_limit(config)) if config.method == "exact" else None
+    encoder = records_encoder(config)
     pool = Pool.from_files(config.pool, config.skip_bad_records, encoder)
     return pool, [Target.from_files(Path(config.target[0]).stem, config.target, config.skip_bad_records, encoder)]
 
