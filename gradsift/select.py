@@ -46,7 +46,9 @@ class Selection:
 
 def token_limit(config: SelectConfig) -> int:
     """--max-length, else exact's run's own limit (its stores were tokenized with it), else 1024."""
-    if config.max_length:
+    if config.max_length is not None:
+        if config.max_length < 1:
+            raise ConfigError(f"--max-length must be a positive number of tokens, got {config.max_length}")
         return config.max_length
     if config.method == "exact" and config.run is not None:
         return Run.open(config.run).config["max_length"]

@@ -244,6 +244,15 @@ def test_rds_without_a_model_is_a_config_error(rds_data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("max_length", [0, -5])
+def test_a_non_positive_max_length_is_a_config_error(tiny_model_dir, rds_data, tmp_path, max_length):
+    # not taken as unset: a user who wrote --max-length 0 gets told, not the 1024 default
+    with pytest.raises(ConfigError, match=f"--max-length must be a positive number of tokens, got {max_length}"):
+        select(SelectConfig(method="rds", model=str(tiny_model_dir), pool=rds_data["pool"], target=rds_data["target"],
+                            output=tmp_path / "o", count=2, max_length=max_length))
+    assert not (tmp_path / "o").exists()
+
+
 # -- random and full -------------------------------------------------------------------------------
 
 def test_random_scores_are_numpys_default_rng_draw(copies_data, tmp_path):
