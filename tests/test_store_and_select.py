@@ -202,6 +202,22 @@ def test_scores_equal_lr_weighted_cosines_recomputed_from_the_store(selection, s
             assert float(r["score"]) == pytest.approx(expected[i], abs=2e-6)
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 2, 5])
+def test_scoring_in_chunks_equals_one_chunk(selection, stores, tmp_path, chunk_rows):
+    # chunks are read ahead in a thread while the previous one is scored: each must land at its own rows
+    pool, target = stores
+    out = tmp_path / "chunked"
+    select(SelectConfig(method="less", train_store=pool.path, target_store=[target.path], output=out, count=3,
+                        chunk_rows=chunk_rows))
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [r["id"] for r in selection[1]]
+    # a one-row chunk is a matrix-vector product, summed in another order: equal up to float32 rounding
+    scores = lambda rows: [float(r["score"] or "nan") for r in rows]  # rows without label tokens have none
+    assert scores(rows) == pytest.approx(scores(selection[1]), abs=1e-6, nan_ok=True)
+    assert (out / "selected.jsonl").read_bytes() == (selection[0] / "selected.jsonl").read_bytes()
+
+
 def test_store_layout_and_manifest(stores, run, data):
     pool, target = stores
     m = pool.manifest

@@ -3,6 +3,7 @@ plain gradients over the warmup checkpoints, read from gradient stores (``gradsi
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar, Iterator
 
@@ -16,7 +17,7 @@ from ..scoring import checkpoint_weights, subtask_mean_rows, weighted_similarity
 from .base import Pool, SimilarityMethod, Target
 
 
-CHUNK_BYTES = 1 << 29  # decoded pool rows held at a time: memory stays flat however large the store
+CHUNK_BYTES = 1 << 28  # decoded pool rows of one chunk (two are held: one scored, one read): memory stays flat
 
 
 @dataclass
@@ -51,8 +52,18 @@ class Less(SimilarityMethod):
             target_feats = [[subtask_mean_rows(f, t.subtasks) for f in feats] for t, feats in zip(targets, target_feats)]
         n, dim = len(pool.refs), pool.store.manifest["projection"]["dim"]
         step = max(1, min(self.chunk_rows, CHUNK_BYTES // (4 * dim * len(names))))  # decoded rows are float32
-        for start in tqdm(range(0, n, step), desc="score", unit="chunk", disable=n <= step):
-            which = slice(start, start + step)
-            chunk = [torch.from_numpy(to_signs(pool.store.rows(c, which))) for c in names]
-            yield start, [weighted_similarity(chunk, feats, weights, sign_cosine if signs else None)
+
+        def decoded(start: int) -> list[torch.Tensor]:
+            return [torch.from_numpy(to_signs(pool.store.rows(c, slice(start, start + step)))) for c in names]
+
+        starts = range(0, n, step)
+        # the next chunk is read and decoded in a thread while this one is scored: NumPy lets go of the
+        # GIL while it reads the memory map and converts, so the disk and the products overlap
+        with ThreadPoolExecutor(1) as reader:
+            pending = reader.submit(decoded, 0)
+            for k in tqdm(starts, desc="score", unit="chunk", disable=n <= step):
+                chunk = pending.result()
+                if k + step < n:
+                    pending = reader.submit(decoded, k + step)
+                yield k, [weighted_similarity(chunk, feats, weights, sign_cosine if signs else None)
                           for feats in target_feats]
