@@ -424,11 +424,40 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def results_matrix(stats: list[dict]) -> list[str]:
+    """Every method against every target at a glance (``summarize``'s entries): mean test loss, its
+    paired difference from the reference, precision, and the seeds behind them."""
+    targets = list(dict.fromkeys(s["target"] for s in stats))
+    cells = {(s["model"], s["method"], s["fraction"]): {} for s in stats}
+    for s in stats:
+        cells[s["model"], s["method"], s["fraction"]][s["target"]] = s
+    several_models = len({model for model, _, _ in cells}) > 1
+    several_fractions = len({f for _, m, f in cells if m not in ("base", "full")}) > 1
+    lines = ["### Every target: test loss (paired difference from the first method), precision", "",
+             "| method | seeds | " + " | ".join(targets) + " |", "|---|---|" + "---|" * len(targets)]
+    for (model, method, fraction), by_target in cells.items():
+        name = method + (f" {fraction:g}" if several_fractions and method not in ("base", "full") else "") \
+            + (f" ({Path(model).name})" if several_models else "")
+        row = []
+        for target in targets:
+            s = by_target.get(target)
+            if s is None or s["loss"] is None:
+                row.append("–")
+                continue
+            delta = "" if s["delta"] is None or s["method"] == s["reference"] else f" ({s['delta']:+.3f})"
+            precision = "" if s["precision"] is None else f", P {s['precision']:.2f}"
+            row.append(f"{s['loss']:.3f}{delta}{precision}")
+        seeds = sorted({s["seeds"] for s in by_target.values()})
+        lines.append(f"| {name} | {'/'.join(map(str, seeds))} | " + " | ".join(row) + " |")
+    return lines + [""]
+
+
 def results_markdown(rows: list[dict]) -> str:
-    """One table per target: mean ± std over seeds, the paired difference from the grid's first method
-    (``summarize``); the lowest loss per (target, model) in bold."""
+    """Every method against every target in one table (``results_matrix``), then one table per target:
+    mean ± std over seeds, the paired difference from the grid's first method (``summarize``); the
+    lowest loss per (target, model) in bold."""
     stats = summarize(rows)
-    lines = []
+    lines = results_matrix(stats)
     for target in dict.fromkeys(s["target"] for s in stats):
         mine = [s for s in stats if s["target"] == target]
         best = {}

@@ -152,7 +152,7 @@ def test_each_method_is_compared_with_the_first_at_the_same_seed():
     row = lambda method, seed, loss: {"target": "t", "model": "m", "method": method, "fraction": 0.05, "seed": seed,  # noqa: E731
                                       "selected": 5, "loss": loss, "accuracy": None, "precision": 1.0,
                                       "recall": 0.5, "auc": 0.9, "length": 1.0}
-    rows = [{**row("base", "", 1.0), "fraction": 0}]
+    rows = [{**row("base", "", 1.0), "fraction": 0, "precision": None, "recall": None, "auc": None}]
     rows += [row(m, seed, loss) for m, values in losses.items() for seed, loss in enumerate(values)]
     rows.append({**row("full", 2, 0.45), "fraction": 1.0})  # one seed: paired with the reference's seed 2
     stats = {s["method"]: s for s in summarize(rows)}
@@ -164,6 +164,11 @@ def test_each_method_is_compared_with_the_first_at_the_same_seed():
     assert stats["base"]["delta"] is None and stats["fusion"]["delta"] == 0
     table = results_markdown(rows)
     assert "vs fusion, paired" in table and f"+{differences.mean():.3f} ± {differences.std(ddof=1):.3f}" in table
+    # the matrix at the top: one row per method, the seeds it stands on, loss (paired difference), precision
+    assert "| method | seeds | t |" in table
+    assert f"| fusion | 3 | {np.mean(losses['fusion']):.3f}, P 1.00 |" in table
+    assert f"| less | 3 | {np.mean(losses['less']):.3f} (+{differences.mean():.3f}), P 1.00 |" in table
+    assert "| full | 1 | 0.450 (-0.050), P 1.00 |" in table and "| base | 1 | 1.000 |" in table
 
 
 def test_selections_of_the_same_records_in_another_order_share_one_training_run(finished, bench, tmp_path):
