@@ -2,6 +2,7 @@
 
     python experiments/build_benchmark.py [--output experiments/benchmark] [--seed 0]
                                           [--unrelated-per-family 30] [--relevant-scale 1]
+                                          [--variant standard|restated]
 
 The same arguments write the same bytes. What it writes and how: ``experiments/BENCHMARK.md``.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gradsift.benchmark import UNRELATED_PER_FAMILY, build_benchmark
+from gradsift.benchmark import UNRELATED_PER_FAMILY, VARIANTS, build_benchmark
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +24,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"unrelated pool records per family (default: {UNRELATED_PER_FAMILY})")
     parser.add_argument("--relevant-scale", type=float, default=1.0,
                         help="scale of each target's relevant pool records (default: 1)")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="standard",
+                        help="standard, or restated: most relevant records in other words than the "
+                             "targets' and look-alike families in the pool (default: standard)")
     args = parser.parse_args(argv)
-    summary = build_benchmark(args.output, args.seed, args.unrelated_per_family, args.relevant_scale)
+    summary = build_benchmark(args.output, args.seed, args.unrelated_per_family, args.relevant_scale,
+                              args.variant)
     pool = summary["pool"]
     print(f"pool: {pool['size']} records in {pool['families']} families ({pool['unrelated_records']} unrelated)")
     for name, t in summary["targets"].items():

@@ -34,7 +34,7 @@ import json
 import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
@@ -130,6 +130,7 @@ class Part:
     count: int
     subtask: str | None = None  # default: the family's name
     choices: tuple[str, ...] | None = None  # test items: the answer set, for log-likelihood accuracy
+    restated: bool = False  # the family's records in another wording (RESTATE): the "restated" variant
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,70 @@ TARGETS: list[Target] = [
         ],
     ),
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# The "restated" variant: the same targets, harder to find
+#
+# In the benchmark above a target's relevant records share their task's instructions with its
+# few-shot examples, so matching words finds them (BM25 precision 0.96-1.00). A user's pool states
+# a skill in other words than their examples do. This variant keeps a quarter of each test family's
+# relevant records as they are and restates the rest: the task's system message and instructions
+# replaced by another wording, the item and the answer unchanged (so they stay exactly as relevant).
+# It adds look-alike families to the unrelated pool: other skills answered true/false or yes/no.
+
+RESTATE: dict[str, tuple[str, str]] = {
+    # family: (pattern of the original user message, the restated prompt built from its groups)
+    "formal_logic": (r"The expression is: (.+) which evaluates to:$", "Reduce {0} to a single truth value."),
+    "which_is_heavier": (r"^Is (.+) heavier than (.+)\? Answer Yes or No$", "Does {0} weigh more than {1}?"),
+    "date_to_string": (r"^(\d{4}-\d{2}-\d{2})$", "Write the date {0} out in words, weekday first."),
+    "nth_word": (r'^What is the (\d+)(?:st|nd|rd|th) word in "(.+)"\? Answer directly',
+                 "Give word number {0} of the sentence: {1}"),
+    "swap_words": (r'do not output anything else:\s*"(.+)"$', 'Exchange the two words of "{0}".'),
+    "first_letters": (r'in the following sentence: "(.+)"\?$',
+                      'Which word do the initials of "{0}" spell? Answer in lowercase.'),
+}
+RESTATED_KEPT = 0.25  # of each restated family's relevant records, the share left in its own wording
+
+# Unrelated skills answered in a target's vocabulary (true/false, yes/no): lexical look-alikes.
+LOOKALIKES: list[Family] = [
+    evals("aba_rules_true_false", "aba_mrpc_true_false"),
+    evals("backgammon"),
+    evals("context_free_grammar", "context-free-grammar"),
+    evals("infinite_loop", "infiniteloop-match"),
+    evals("irrelevant_negative_diversion", "irrelevant-negative-diversion"),
+    evals("logic_statements", "logic-statements"),
+    evals("moral_exceptions", "moral_exceptQA"),
+]
+
+
+def restate(record: Record) -> Record | None:
+    """``record`` (of a family in RESTATE) in the other wording, or None if its prompt is not in
+    the family's usual form. Its id and source name the restated family: ``<family>-restated``."""
+    pattern, template = RESTATE[record["source"]]
+    match = re.search(pattern, record["messages"][-2]["content"], re.S)
+    if match is None:
+        return None
+    source = f"{record['source']}-restated"
+    return {"messages": [{"role": "user", "content": template.format(*match.groups())},
+                         record["messages"][-1]],
+            "id": f"{source}/{record['id'].split('/', 1)[1]}", "source": source}
+
+
+def _split_restated(part: Part | Shots) -> list[Part | Shots]:
+    if not (isinstance(part, Part) and part.family.name in RESTATE):
+        return [part]
+    kept = max(1, round(part.count * RESTATED_KEPT))
+    return [replace(part, count=kept), replace(part, count=part.count - kept, restated=True)]
+
+
+RESTATED_TARGETS: list[Target] = [
+    replace(t, relevant=[q for p in t.relevant for q in _split_restated(p)]) for t in TARGETS
+]
+VARIANTS: dict[str, tuple[list[Target], list[Family]]] = {
+    "standard": (TARGETS, UNRELATED),
+    "restated": (RESTATED_TARGETS, UNRELATED + LOOKALIKES),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,6 +573,11 @@ class Builder:
                 raise RuntimeError(f"family {part.family.name} has only {taken} usable records left for "
                                    f"{slot.group} of {slot.target} (needed {count}; skipped: "
                                    f"{dict(self.stream(part.family).skipped)})")
+            if part.restated:
+                record = restate(record)
+                if record is None:
+                    self.dropped[f"{slot.group}: prompt not in the form RESTATE expects"] += 1
+                    continue
             if part.choices is not None and record["messages"][-1]["content"] not in part.choices:
                 self.dropped[f"{slot.group}: answer not among the choices"] += 1
                 continue
@@ -556,7 +626,9 @@ def _package_versions() -> dict[str, str]:
 
 
 def _family_name(part: Part | Shots) -> str:
-    return "bbh" if isinstance(part, Shots) else part.family.name
+    if isinstance(part, Shots):
+        return "bbh"
+    return f"{part.family.name}-restated" if part.restated else part.family.name
 
 
 def _part_name(part: Part | Shots) -> str:
@@ -572,37 +644,41 @@ def _target_row(slot: Slot, record: Record) -> Record:
 
 
 def _scaled(part: Part, scale: float) -> Part:
-    return Part(part.family, max(1, round(part.count * scale)), part.subtask, part.choices)
+    return replace(part, count=max(1, round(part.count * scale)))
 
 
 def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNRELATED_PER_FAMILY,
-                    relevant_scale: float = 1.0) -> dict:
+                    relevant_scale: float = 1.0, variant: str = "standard") -> dict:
     """Write the benchmark under ``output`` and return what ``benchmark.json`` holds.
 
     ``unrelated_per_family`` and ``relevant_scale`` shrink it (the demo's copy): fewer unrelated
     records per family, and each target's relevant parts scaled (lm-eval shots stay whole). Test
-    and few-shot sets do not change with them."""
+    and few-shot sets do not change with them. ``variant`` is a key of VARIANTS: "standard", or
+    "restated" (most relevant records in other words, and look-alike families added)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown benchmark variant {variant!r}; known: {', '.join(VARIANTS)}")
+    targets, unrelated = VARIANTS[variant]
     output = Path(output)
     builder = Builder(seed)
 
     # Drawing order: fixed lm-eval shots, test items, few-shot items, relevant pool, unrelated pool.
-    for target in TARGETS:
+    for target in targets:
         for part in target.fewshot:
             if isinstance(part, Shots):
                 builder.add_shots("fewshot", target.name, part)
     for group in ("test", "fewshot"):
-        for target in TARGETS:
+        for target in targets:
             for part in getattr(target, group):
                 if isinstance(part, Part):
                     builder.fill(Slot(group, target.name, part), part.count)
-    for target in TARGETS:
+    for target in targets:
         for part in target.relevant:
             if isinstance(part, Shots):
                 builder.add_shots("pool", target.name, part)
             else:
                 builder.fill(Slot("pool", target.name, _scaled(part, relevant_scale)),
                              _scaled(part, relevant_scale).count)
-    for family in UNRELATED:
+    for family in unrelated:
         builder.fill(Slot("pool", None, Part(family, unrelated_per_family)), unrelated_per_family)
     for task in UNRELATED_BBH:
         builder.add_shots("pool", None, Shots(task))
@@ -629,7 +705,7 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
 
     relevance: dict[str, list[str]] = {}
     summary_targets = {}
-    for target in TARGETS:
+    for target in targets:
         mine = {g: [(s, r) for s, r in builder.drawn[g] if s.target == target.name] for g in builder.drawn}
         order = {_part_name(p): k for k, p in enumerate(target.fewshot)}
         fewshot = sorted((_target_row(s, r) for s, r in mine["fewshot"]), key=lambda r: order[r["subtask"]])
@@ -658,8 +734,8 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
     _remove_stale(output, written)
     atomic_write_json(output / "relevance.json", relevance)
 
-    families = {f.name: f for f in UNRELATED}
-    for target in TARGETS:
+    families = {f.name: f for f in unrelated}
+    for target in targets:
         for part in [*target.test, *target.fewshot, *target.relevant]:
             if isinstance(part, Part):
                 families[part.family.name] = part.family
@@ -667,7 +743,9 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
     summary = {
         "format": FORMAT_VERSION,
         "command": f"python experiments/build_benchmark.py --output DIR --seed {seed} "
-                   f"--unrelated-per-family {unrelated_per_family} --relevant-scale {relevant_scale:g}",
+                   f"--unrelated-per-family {unrelated_per_family} --relevant-scale {relevant_scale:g}"
+                   + (f" --variant {variant}" if variant != "standard" else ""),
+        "variant": variant,
         "seed": seed,
         "unrelated_per_family": unrelated_per_family,
         "relevant_scale": relevant_scale,
@@ -679,8 +757,8 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
             "per_family": {name: len(rows) for name, rows in sorted(pool_by_family.items())},
             "relevant_records": relevant_records,
             "unrelated_records": pool_size - relevant_records,
-            "relevant_families": sorted({_family_name(p) for t in TARGETS for p in t.relevant}),
-            "unrelated_families": sorted(f.name for f in UNRELATED),
+            "relevant_families": sorted({_family_name(p) for t in targets for p in t.relevant}),
+            "unrelated_families": sorted(f.name for f in unrelated),
         },
         "targets": summary_targets,
         "sources": {
@@ -691,7 +769,7 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
         },
         "lm_eval_shots": {
             f"{BBH_DIR}/{task}.yaml": file_sha256(_package_path("lm-eval", f"{BBH_DIR}/{task}.yaml"))
-            for task in sorted({p.task for t in TARGETS for p in [*t.fewshot, *t.relevant]
+            for task in sorted({p.task for t in targets for p in [*t.fewshot, *t.relevant]
                                 if isinstance(p, Shots)} | set(UNRELATED_BBH))
         },
         "contamination_check": {

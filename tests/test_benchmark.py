@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -286,3 +287,64 @@ def test_missing_package_is_named(monkeypatch, tmp_path):
         bb.build_benchmark(tmp_path)
     assert not any(tmp_path.iterdir())
     assert issubclass(bb.MissingPackageDataError, GradsiftError)  # the CLI prints it as one line
+
+
+@pytest.fixture(scope="module")
+def restated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("restated")
+    summary = bb.build_benchmark(root, variant="restated")
+    pool = [r for path in sorted((root / "pool").glob("*.jsonl")) for r in _read(path)]
+    return root, summary, pool, json.loads((root / "relevance.json").read_text())
+
+
+def _original(record: dict) -> dict:
+    """The evals record a restated pool record was made from, read from the package's file."""
+    families = {p.family.name: p.family for t in bb.TARGETS for p in t.relevant if isinstance(p, bb.Part)}
+    source, stem, line = record["id"].split("/")
+    family = families[source.removesuffix("-restated")]
+    path = bb._package_path("evals", f"{bb.EVALS_DATA}/{family.where}/{stem}.jsonl")
+    return json.loads(path.read_text(encoding="utf-8").splitlines()[int(line) - 1])
+
+
+def test_restated_records_keep_item_and_answer_in_other_words(restated):
+    """Each restated record is its source record's item and answer under another instruction: the
+    original system message and instruction are gone, what RESTATE's pattern captured is there."""
+    _, _, pool, _ = restated
+    rows = [r for r in pool if r["source"].endswith("-restated")]
+    assert {r["source"] for r in rows} == {f"{name}-restated" for name in bb.RESTATE}
+    for record in rows:
+        raw = _original(record)
+        ideal = raw["ideal"][0] if isinstance(raw["ideal"], list) else raw["ideal"]
+        assert record["messages"][-1] == {"role": "assistant", "content": ideal.strip()}
+        prompt = record["messages"][0]["content"]
+        assert [m["role"] for m in record["messages"]] == ["user", "assistant"]
+        original = raw["input"][-1]["content"].strip()
+        assert prompt != original and raw["input"][0]["content"] not in prompt
+        pattern, _ = bb.RESTATE[record["source"].removesuffix("-restated")]
+        for captured in re.search(pattern, original, re.S).groups():
+            assert captured in prompt
+
+
+def test_restated_variant_hides_most_relevant_records_and_adds_lookalikes(restated, bench):
+    """Same targets, test and few-shot sets as the standard build; each restated family's relevant
+    records are a quarter in their own wording and the rest restated, all labelled relevant; the
+    look-alike families are in the pool and relevant to nothing."""
+    root, summary, pool, relevance = restated
+    for name in relevance:
+        for split in ("fewshot", "test"):
+            assert (root / "targets" / name / f"{split}.jsonl").read_bytes() == \
+                (bench["root"] / "targets" / name / f"{split}.jsonl").read_bytes()
+    sources = {r["id"]: r["source"] for r in pool}
+    labelled = {i for ids in relevance.values() for i in ids}
+    assert labelled <= sources.keys()
+    for family in bb.RESTATE:
+        kept = sum(1 for i in labelled if sources[i] == family)
+        moved = sum(1 for i in labelled if sources[i] == f"{family}-restated")
+        assert 0 < kept and abs(kept - bb.RESTATED_KEPT * (kept + moved)) <= 1
+    lookalikes = {f.name for f in bb.LOOKALIKES}
+    assert lookalikes <= set(sources.values())
+    assert not any(sources[i] in lookalikes for i in labelled)
+    assert summary["variant"] == "restated" and summary["contamination_check"]["passed"]
+    assert "--variant restated" in summary["command"]
+    with pytest.raises(ValueError, match="unknown benchmark variant"):
+        bb.build_benchmark(root / "x", variant="paraphrased")
