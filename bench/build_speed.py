@@ -19,6 +19,9 @@ each projection's cosines and selection with the exact (unprojected) ones, and w
 reference's. Dense Gaussian projections are simulated exactly from the features' Gram matrix for
 --dense-seeds seeds (the real dense projection is slow; --dense-quality adds one real one to check
 the simulation): that also measures how far the reference's own selection moves with its seed.
+Each real projection's rows are also stored as every `build --dtype` (float16, int8, bit) and
+decoded as `select` reads them: each dtype's bytes per row and its top-5% agreement with the exact
+selection and with the undecoded float32 rows.
 
     python bench/build_speed.py                      # everything, results to bench/results.json
     python bench/build_speed.py --skip training dense sparse kronecker reference --run RUN \
@@ -46,6 +49,7 @@ from peft import set_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from gradsift.build import BuildConfig, build
+from gradsift.compact import DTYPES, decode_rows, encode_rows, has_scale, numpy_dtype, sign_cosine, stored_shape
 from gradsift.data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss, read_records
 from gradsift.benchmark import build_benchmark
 from gradsift.features import normalize_rows
@@ -214,6 +218,20 @@ def simulated_dense(gram: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     return factor @ z / math.sqrt(dim)
 
 
+def stored_cosines(pool: torch.Tensor, targets: torch.Tensor, dtype: str) -> torch.Tensor:
+    """Pool-target cosines of unit rows stored as DTYPE and decoded, as `gradsift select` scores them."""
+    def stored(rows: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(decode_rows(*encode_rows(rows.numpy(), dtype), dtype, rows.shape[1]))
+
+    dot = (stored(pool) @ stored(targets).T).double()
+    return sign_cosine(dot) if dtype == "bit" else dot
+
+
+def row_bytes(dtype: str, dim: int) -> int:
+    """Bytes a store of DTYPE spends on one row of one checkpoint, its per-row scale included."""
+    return stored_shape(dtype, 1, dim)[1] * numpy_dtype(dtype).itemsize + 4 * has_scale(dtype)
+
+
 def quality(args) -> dict:
     """Pool-target cosines and the resulting selection of each projection, against the exact ones.
 
@@ -253,8 +271,10 @@ def quality(args) -> dict:
     unit_gram = gram / norms[:, None] / norms[None, :]
     cos = {("exact", 0, 0): unit_gram[:n, n:]}
     for v, y in projected.items():
-        y = normalize_rows(y).double()
-        cos[v] = y[:n] @ y[n:].T
+        y = normalize_rows(y)
+        cos[v] = y[:n].double() @ y[n:].double().T
+        for dtype in DTYPES:  # the rows as a store of each --dtype keeps them, pool and targets alike
+            cos[(v[0] + "-" + dtype, *v[1:])] = stored_cosines(y[:n], y[n:], dtype)
     simulated = [("dense-simulated", d, s) for d in sorted({args.dim, *dims}) for s in range(args.dense_seeds)]
     for v in simulated:
         y = normalize_rows(simulated_dense(unit_gram, v[1], 1000 + v[2]))
@@ -281,6 +301,13 @@ def quality(args) -> dict:
               "exact_cosine": {"mean": exact.mean().item(), "std": exact.std().item()},
               "vs_exact": {}, "vs_dense": {}}
     references = [v for v in simulated if v[1] == args.dim]  # the reference method at its dim, many seeds
+    report["dtypes"] = {
+        f"{kind}-d{dim}-{dtype}": {
+            "bytes_per_row": row_bytes(dtype, dim),
+            "vs_exact": summary([((f"{kind}-{dtype}", d, s), ("exact", 0, 0)) for k, d, s in real if (k, d) == (kind, dim)]),
+            "vs_float32": summary([((f"{kind}-{dtype}", d, s), (k, d, s)) for k, d, s in real if (k, d) == (kind, dim)]),
+        }
+        for kind, dim in dict.fromkeys((k, d) for k, d, _ in real) for dtype in DTYPES}
     for kind, dim in dict.fromkeys((k, d) for k, d, _ in real + simulated):
         runs = [v for v in real + simulated if v[:2] == (kind, dim)]
         report["vs_exact"][f"{kind}-d{dim}"] = summary([(v, ("exact", 0, 0)) for v in runs])
