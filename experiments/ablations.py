@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gradsift.benchmark import RESTATED_SUFFIX
 from gradsift.datastore import GradientStore
 from gradsift.files import atomic_write_bytes
 from gradsift.methods import Target
 from gradsift.scoring import fuse_ranks, relevance_auc, subtask_mean_rows, top_k
 
 MEMBERS = ("less", "bm25", "rds")
-RESTATED = "-restated"  # the family-name suffix of gradsift.benchmark's restated records
 RULES = ("median", "mean", "rrf")
 
 
@@ -145,7 +145,7 @@ def overlap(folder: Path, fraction: float = 0.05, reference: str = "fusion") -> 
                 continue
             mine, theirs = picks[label, t["name"]], {i for i, _ in picks[reference, t["name"]]}
             own = sum(s in families[t["name"]] for _, s in mine)
-            restated = sum(s.removesuffix(RESTATED) in families[t["name"]] for _, s in mine if s.endswith(RESTATED))
+            restated = sum(s.removesuffix(RESTATED_SUFFIX) in families[t["name"]] for _, s in mine if s.endswith(RESTATED_SUFFIX))
             cells.append(f"{own}{f' (+{restated} restated)' if restated else ''} / {sum(i not in theirs for i, _ in mine)}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

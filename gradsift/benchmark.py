@@ -242,6 +242,7 @@ RESTATE: dict[str, tuple[str, str]] = {
                       'Which word do the initials of "{0}" spell? Answer in lowercase.'),
 }
 RESTATED_KEPT = 0.25  # of each restated family's relevant records, the share left in its own wording
+RESTATED_SUFFIX = "-restated"  # a restated family's name: <family>-restated
 
 # Unrelated skills answered in a target's vocabulary (true/false, yes/no): lexical look-alikes.
 LOOKALIKES: list[Family] = [
@@ -262,7 +263,7 @@ def restate(record: Record) -> Record | None:
     match = re.search(pattern, record["messages"][-2]["content"], re.S)
     if match is None:
         return None
-    source = f"{record['source']}-restated"
+    source = record["source"] + RESTATED_SUFFIX
     return {"messages": [{"role": "user", "content": template.format(*match.groups())},
                          record["messages"][-1]],
             "id": f"{source}/{record['id'].split('/', 1)[1]}", "source": source}
@@ -628,7 +629,7 @@ def _package_versions() -> dict[str, str]:
 def _family_name(part: Part | Shots) -> str:
     if isinstance(part, Shots):
         return "bbh"
-    return f"{part.family.name}-restated" if part.restated else part.family.name
+    return part.family.name + RESTATED_SUFFIX if part.restated else part.family.name
 
 
 def _part_name(part: Part | Shots) -> str:
