@@ -301,13 +301,16 @@ def quality(args) -> dict:
               "exact_cosine": {"mean": exact.mean().item(), "std": exact.std().item()},
               "vs_exact": {}, "vs_dense": {}}
     references = [v for v in simulated if v[1] == args.dim]  # the reference method at its dim, many seeds
-    report["dtypes"] = {
-        f"{kind}-d{dim}-{dtype}": {
-            "bytes_per_row": row_bytes(dtype, dim),
-            "vs_exact": summary([((f"{kind}-{dtype}", d, s), ("exact", 0, 0)) for k, d, s in real if (k, d) == (kind, dim)]),
-            "vs_float32": summary([((f"{kind}-{dtype}", d, s), (k, d, s)) for k, d, s in real if (k, d) == (kind, dim)]),
-        }
-        for kind, dim in dict.fromkeys((k, d) for k, d, _ in real) for dtype in DTYPES}
+    report["dtypes"] = {}
+    for kind, dim in dict.fromkeys((k, d) for k, d, _ in real):
+        runs = [v for v in real if v[:2] == (kind, dim)]
+        for dtype in DTYPES:
+            stored = [(f"{kind}-{dtype}", *v[1:]) for v in runs]
+            report["dtypes"][f"{kind}-d{dim}-{dtype}"] = {
+                "bytes_per_row": row_bytes(dtype, dim),
+                "vs_exact": summary([(v, ("exact", 0, 0)) for v in stored]),
+                "vs_float32": summary(list(zip(stored, runs))),
+            }
     for kind, dim in dict.fromkeys((k, d) for k, d, _ in real + simulated):
         runs = [v for v in real + simulated if v[:2] == (kind, dim)]
         report["vs_exact"][f"{kind}-d{dim}"] = summary([(v, ("exact", 0, 0)) for v in runs])
