@@ -17,7 +17,8 @@ Config (YAML; paths relative to the file, globs allowed)::
     relevance: benchmark/relevance.json  # optional {target: [relevant pool ids]}: precision, recall, AUC
     methods: [fusion, less, {method: less, label: less-d1024, build: {dim: 1024}}, bm25, rds, random, exact,
               {method: less, label: less-answer, target_build: {response: answer}},  # target stores only
-              {method: full, seeds: [0]}]      # seeds: this method's subset of the grid's seeds
+              {method: full, seeds: [0]},      # seeds: this method's subset of the grid's seeds
+              oracle]                          # the records `relevance` labels (needs it): a ceiling
     fractions: [0.05]
     seeds: [0, 1, 2]
     warmup: {fraction: 0.05, epochs: 2, lora_r: 8}     # WarmupConfig fields
@@ -55,7 +56,7 @@ from .errors import ConfigError
 from .evaluate import EvaluateConfig, evaluate
 from .files import atomic_write_bytes, atomic_write_json, read_json
 from .locks import folder_lock
-from .methods import Pool, Target
+from .methods import Oracle, Pool, Target
 from .pipeline import check_stage_values, has_type, read_yaml_mapping, stage_config, type_name
 from .scoring import relevance_auc
 from .select import SelectConfig, load_inputs, make_method, records_encoder, run_selection
@@ -64,7 +65,7 @@ from .warmup import WarmupConfig, warmup
 
 RESULT_COLUMNS = ["target", "method", "model", "fraction", "seed", "selected", "loss", "accuracy", "precision",
                   "recall", "auc", "length", "selection", "evaluation"]
-SEEDLESS = ("fusion", "less", "exact", "bm25", "rds", "full")  # methods whose selection does not depend on the seed
+SEEDLESS = ("fusion", "less", "exact", "bm25", "rds", "full", "oracle")  # selections that do not depend on the seed
 STORE_METHODS = ("fusion", "less")  # methods that read gradient stores
 
 
@@ -179,6 +180,8 @@ def _check(config: ExperimentConfig, path: Path) -> None:
     for m in config.methods:
         if m.method not in SEEDLESS + ("random",):
             raise ConfigError(f"{path}: unknown method {m.method!r}")
+        if m.method == "oracle" and config.relevance is None:
+            raise ConfigError(f"{path}: method {m.label!r} (oracle) selects the labelled records: it needs 'relevance'")
         if m.seeds is not None and not set(m.seeds) <= set(config.seeds):
             raise ConfigError(f"{path}: method {m.label!r} seeds {m.seeds} are not all among the grid's seeds "
                               f"{config.seeds}")
@@ -261,6 +264,11 @@ class Experiment:
         folder = folder / f"seed-{seed}" if spec.method == "random" else folder
         paths = {t.name: folder / t.name for t in c.targets}
         if all((p / "summary.json").exists() for p in paths.values()):
+            return paths
+        if spec.method == "oracle":  # the answer key: no SelectConfig (no --method reads labels), records only
+            pool = Pool.from_files(c.pool)
+            targets = [Target.from_files(t.name, t.fewshot) for t in c.targets]
+            run_selection(Oracle(self.relevance), pool, targets, [paths[t.name] for t in targets], fraction)
             return paths
         values = {**c.select, **spec.select, "method": spec.method, "fraction": fraction, "seed": seed}
         if spec.method == "rds":

@@ -49,7 +49,8 @@ def bench(tmp_path_factory, tiny_model_dir):
                     {"method": "less", "label": "less-d512", "build": {"dim": 512}}, "rds",
                     {"method": "fusion", "build": {"dim": 256}, "seeds": [0]},
                     {"method": "less", "label": "less-answer", "build": {"dim": 256},
-                     "target_build": {"response": "answer"}, "seeds": [0]}, {"method": "exact", "seeds": [0]}],
+                     "target_build": {"response": "answer"}, "seeds": [0]}, {"method": "exact", "seeds": [0]},
+                    {"method": "oracle", "seeds": [0]}],
         "fractions": [0.1],
         "seeds": [0, 1],
         "warmup": {"fraction": 0.5, "epochs": 1, "lora_r": 4, "lora_alpha": 8, "learning_rate": 1e-2,
@@ -76,11 +77,12 @@ def finished(bench):
 
 def test_every_cell_has_a_row(finished):
     out, rows = finished
-    methods = {"base", "random", "bm25", "full", "less-d256", "less-d512", "rds", "fusion", "less-answer", "exact"}
+    methods = {"base", "random", "bm25", "full", "less-d256", "less-d512", "rds", "fusion", "less-answer", "exact",
+               "oracle"}
     assert {r["method"] for r in rows} == methods
-    # 2 targets x (base x 2 models + 5 methods x 2 seeds + full, fusion, less-answer, exact at seed 0 only
-    # + transfer random x 2 seeds)
-    assert len(rows) == 2 * (2 + 2 * 5 + 4 + 2)
+    # 2 targets x (base x 2 models + 5 methods x 2 seeds + full, fusion, less-answer, exact, oracle at seed 0
+    # only + transfer random x 2 seeds)
+    assert len(rows) == 2 * (2 + 2 * 5 + 5 + 2)
     # the two less dims share one gradient pass: one warmup, and stores of both dims from it; fusion reads
     # the 256-dim stores, and less-answer the same pool store with target stores of its own
     stores = sorted(p.name for p in (out / "stores").iterdir())
@@ -133,6 +135,8 @@ def test_precision_and_recall_follow_the_labels(finished, bench):
                                                    rel=1e-5)
     bm25 = [r for r in rows if r["target"] == "skill" and r["method"] == "bm25"]
     assert float(bm25[0]["precision"]) == 1.0  # the skill's own words: BM25 finds them
+    oracle = next(r for r in rows if r["target"] == "skill" and r["method"] == "oracle")
+    assert float(oracle["precision"]) == 1.0 and float(oracle["auc"]) == 1.0  # the labels themselves
 
 
 def test_results_files(finished):
@@ -212,6 +216,7 @@ def test_config_errors_name_the_problem(bench, tmp_path):
                             ({"methods": ["magic"]}, "unknown method"), ({"pool": ["nothing/*.jsonl"]}, "matches no file"),
                             ({"transfer": [{"model": "x", "methods": ["bm25x"]}]}, "not in the grid"),
                             ({"methods": [{"method": "full", "seeds": [7]}]}, "not all among the grid's seeds"),
+                            ({"methods": ["oracle"], "relevance": None}, "oracle.*needs 'relevance'"),
                             ({"methods": [{"method": "bm25", "bogus": 1}]}, r"methods.bm25: unknown keys \['bogus'\]"),
                             ({"fractions": "x"}, "fractions: expected list of float"),
                             ({"warmup": {"epochs": "two"}}, "warmup.epochs: expected int, got 'two'"),

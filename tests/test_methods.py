@@ -19,8 +19,8 @@ from conftest import WORDS, chat_records, write_jsonl
 from gradsift.cli import main
 from gradsift.data import ChatEncoder
 from gradsift.errors import ConfigError
-from gradsift.methods import Bm25, Pool, RandomSelection, Rds, Target
-from gradsift.select import SelectConfig, select
+from gradsift.methods import Bm25, Oracle, Pool, RandomSelection, Rds, Target
+from gradsift.select import SelectConfig, run_selection, select
 
 COLUMNS = ["file", "line", "id", "source", "score", "rank", "selected", "status", "subtask", "chars"]
 
@@ -283,6 +283,25 @@ def test_random_selection_does_not_depend_on_the_target(copies_data, tmp_path):
     targets = [Target.from_files(n, [p]) for n, p in (("a", copies_data["target"]), ("b", other_target))]
     a, b = RandomSelection(seed=3).score(pool, targets)
     np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_oracle_selects_the_labelled_records_and_fills_the_cut_at_random(copies_data, tmp_path):
+    pool = Pool.from_files(copies_data["pool"])
+    ids = pool.refs.column("id").tolist()
+    labels = {"many": {"copy0", "copy1", "copy2", ids[0], ids[5], ids[20]}, "few": {"copy1"}}
+    targets = [Target.from_files(name, [copies_data["target"]]) for name in labels]
+    outs = [tmp_path / name for name in labels]
+    many, few = run_selection(Oracle(labels, seed=5), pool, targets, outs, count=4)
+    picked = [set(np.asarray(ids)[s.selected]) for s in (many, few)]
+    assert picked[0] < labels["many"]  # 4 of the 6 labelled records, no other
+    assert "copy1" in picked[1] and len(picked[1]) == 4  # the one labelled record, then 3 others
+    order = np.random.default_rng(5).random(len(ids))  # the fill: the seed's draw, best first
+    others = [i for i in np.argsort(-order, kind="stable") if ids[i] != "copy1"][:3]
+    assert picked[1] == {"copy1"} | {ids[i] for i in others}
+    again = run_selection(Oracle(labels, seed=5), pool, targets, [tmp_path / "again", tmp_path / "again2"], count=4)
+    assert again[0].selected.tolist() == many.selected.tolist()
+    with pytest.raises(ConfigError, match=r"no records for targets \['few'\]"):
+        Oracle({"many": labels["many"]}).score(pool, targets)
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.05, 0.5, None])
