@@ -17,6 +17,7 @@ import math
 from typing import get_args
 
 import numpy as np
+import torch
 
 from .config import StoreDtype
 
@@ -57,10 +58,9 @@ def encode_rows(rows: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | 
 def decode_rows(stored: np.ndarray, scale: np.ndarray | None, dtype: str, dim: int) -> np.ndarray:
     """float32 rows for scoring: unit rows for float16 and int8; for bit, the signs as +-1/sqrt(dim)
     (their dot product is 1 - 2h/d; ``sign_cosine`` turns it into a cosine estimate)."""
-    if dtype == "float16":
-        return np.asarray(stored, dtype=np.float32)
-    if dtype == "int8":
-        return np.asarray(stored, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
+    if dtype in ("float16", "int8"):  # torch converts on every core, NumPy on one: the scan's bottleneck
+        rows = torch.from_numpy(np.require(stored, requirements=["C", "W"])).float()
+        return (rows if dtype == "float16" else rows * torch.from_numpy(np.asarray(scale, np.float32))[:, None]).numpy()
     signs = np.unpackbits(np.asarray(stored), axis=1, count=dim).astype(np.float32) * 2 - 1
     return signs * (np.asarray(scale, dtype=np.float32)[:, None] / math.sqrt(dim))
 

@@ -52,6 +52,24 @@ def _scale_file(path: Path, checkpoint: str) -> Path:
     return Path(path) / "features" / f"{checkpoint}.scale.npy"
 
 
+def read_npy_rows(file: Path, start: int, stop: int | None) -> np.ndarray:
+    """Rows [start, stop) of a .npy file (C order), read into memory."""
+    with open(file, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = header(f)
+        if fortran:
+            raise StoreMismatchError(f"{file}: Fortran-ordered array; a store's files are C-ordered")
+        stop = shape[0] if stop is None else min(stop, shape[0])
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        f.seek(start * row * dtype.itemsize, 1)
+        count = max(0, stop - start) * row
+        out = np.fromfile(f, dtype=dtype, count=count)
+        if out.size != count:
+            raise StoreMismatchError(f"{file}: ends before row {stop} (truncated?)")
+        return out.reshape((max(0, stop - start), *shape[1:]))
+
+
 def store_layout(path: Path, manifest: dict) -> list[tuple[Path, tuple, np.dtype]]:
     """(file, shape, dtype) of every feature and scale file a store's manifest calls for."""
     rows, dim, dtype = manifest["rows"], manifest["projection"]["dim"], manifest.get("dtype", "float16")
@@ -145,9 +163,16 @@ class GradientStore:
         return np.load(_scale_file(self.path, checkpoint), mmap_mode=mode) if has_scale(self.dtype) else None
 
     def rows(self, checkpoint: str, which=slice(None)) -> np.ndarray:
-        """Rows ``which`` (a slice or an index array) as float32 for scoring (``compact.decode_rows``)."""
-        scales = self.scales(checkpoint)
-        return decode_rows(self.features(checkpoint)[which], None if scales is None else scales[which], self.dtype,
+        """Rows ``which`` (a slice or an index array) as float32 for scoring (``compact.decode_rows``).
+        A slice is read from the file, not through a memory map: mapped pages stay in the process's
+        resident memory until the kernel needs them, so scanning a large store that way looks like
+        holding all of it."""
+        if isinstance(which, slice) and which.step in (None, 1):
+            read = lambda file: read_npy_rows(file, which.start or 0, which.stop)  # noqa: E731
+        else:
+            read = lambda file: np.load(file, mmap_mode="r")[which]  # noqa: E731
+        scales = read(_scale_file(self.path, checkpoint)) if has_scale(self.dtype) else None
+        return decode_rows(read(_feature_file(self.path, checkpoint)), scales, self.dtype,
                            self.manifest["projection"]["dim"])
 
     def ok_mask(self) -> np.ndarray:

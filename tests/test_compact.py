@@ -5,6 +5,7 @@ the stored bytes, and their sizes."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from test_store_and_select import data, pool_config, run, target_config  # noqa:
 
 from gradsift.build import build_together
 from gradsift.compact import decode_rows, encode_rows, sign_cosine
+from gradsift.datastore import read_npy_rows
+from gradsift.errors import StoreMismatchError
 from gradsift.methods import Less, Pool, Target
 from gradsift.scoring import checkpoint_weights
 
@@ -125,3 +128,26 @@ def test_compact_stores_are_smaller_by_their_bytes_per_dimension(compact_stores)
     assert size["float16"] == pytest.approx(2 * rows * dim * 2, rel=0.02)  # 2 checkpoints
     assert size["int8"] == pytest.approx(size["float16"] / 2, rel=0.02)
     assert size["bit"] == pytest.approx(size["float16"] / 16, rel=0.1)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", "bit"])
+def test_rows_read_from_the_file_equal_the_memory_mapped_ones(compact_stores, dtype):
+    pool = compact_stores[0][dtype]
+    name, n = pool.checkpoints[0]["name"], len(pool.index)
+    scales = pool.scales(name)
+    mapped = lambda which: decode_rows(pool.features(name)[which], None if scales is None else scales[which],  # noqa: E731
+                                       dtype, pool.manifest["projection"]["dim"])
+    for which in (slice(None), slice(3, 11), slice(n - 2, n + 5), slice(n, None), slice(0, 0)):
+        np.testing.assert_array_equal(pool.rows(name, which), mapped(which))  # bit for bit
+    picks = np.array([n - 1, 0, 4])
+    np.testing.assert_array_equal(pool.rows(name, picks), mapped(picks))
+
+
+def test_a_truncated_feature_file_is_named(compact_stores, tmp_path):
+    pool = compact_stores[0]["float16"]
+    file = tmp_path / "cut.npy"
+    shutil.copy(pool.path / "features" / f"{pool.checkpoints[0]['name']}.npy", file)
+    with open(file, "r+b") as f:
+        f.truncate(file.stat().st_size - 10)
+    with pytest.raises(StoreMismatchError, match=r"cut\.npy: ends before row"):
+        read_npy_rows(file, 0, None)
