@@ -11,9 +11,9 @@ own examples is a selector that needs no labels.
     python experiments/validation.py experiments/restated.yaml --output /work/runs/restated
         [--methods fusion less bm25 rds fusion-rrf]
 
-Writes OUTPUT/validation.csv (one row per target, method, seed: few-shot loss, test loss) and
-prints, and writes to OUTPUT/validation.md, per target: each method's mean few-shot and test loss,
-and per seed which method each loss would pick. The evaluations go where the experiment's do
+Writes OUTPUT/validation.csv (one row per target, method, seed: few-shot loss, its mean over the
+few-shot subtasks and per subtask, test loss) and prints, and writes to OUTPUT/validation.md, per
+target: each method's mean of those over seeds, and per seed which method each would pick. The evaluations go where the experiment's do
 (OUTPUT/eval/TARGET/, under another key); one already done is reused.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,8 +52,11 @@ def fewshot_losses(config_path: Path, output: Path, methods: list[str] | None) -
             # name with another key)
             fewshot = replace(target, test=target.fewshot, evaluate={**target.evaluate, "max_new_tokens": 0})
             _, summary = experiment.evaluated(fewshot, job["model"], trained)
+            by_subtask = {name: round(v["loss"], 6) for name, v in summary["by_subtask"].items()}
             rows.append({"target": target.name, "method": job["method"], "seed": job["seed"],
-                         "fewshot_loss": summary["loss"], "test_loss": test[target.name, job["method"], str(job["seed"])]})
+                         "fewshot_loss": summary["loss"], "subtask_loss": float(np.mean(list(by_subtask.values()))),
+                         "test_loss": test[target.name, job["method"], str(job["seed"])],
+                         "by_subtask": json.dumps(by_subtask)})
     return rows
 
 
@@ -63,17 +67,21 @@ def report(rows: list[dict]) -> str:
         methods = list(dict.fromkeys(r["method"] for r in mine))
         seeds = sorted({r["seed"] for r in mine})
         cell = {(r["method"], r["seed"]): r for r in mine}
-        lines += [f"### {target}", "", "| method | few-shot loss | test loss |", "|---|---|---|"]
+        subtasks = list(json.loads(mine[0]["by_subtask"]))
+        lines += [f"### {target}", "", "| method | few-shot loss | mean over subtasks | "
+                  + " | ".join(subtasks) + " | test loss |", "|---|---|---|" + "---|" * len(subtasks) + "---|"]
         for m in methods:
-            few = [cell[m, s]["fewshot_loss"] for s in seeds if (m, s) in cell]
-            tst = [cell[m, s]["test_loss"] for s in seeds if (m, s) in cell]
-            lines.append(f"| {m} | {np.mean(few):.3f} | {np.mean(tst):.3f} |")
-        lines += ["", "| seed | lowest few-shot loss | its test loss | lowest test loss |", "|---|---|---|---|"]
+            mean = lambda key: np.mean([cell[m, s][key] for s in seeds if (m, s) in cell])  # noqa: E731
+            parts = [np.mean([json.loads(cell[m, s]["by_subtask"])[t] for s in seeds if (m, s) in cell]) for t in subtasks]
+            lines.append(f"| {m} | {mean('fewshot_loss'):.3f} | {mean('subtask_loss'):.3f} | "
+                         + " | ".join(f"{v:.3f}" for v in parts) + f" | {mean('test_loss'):.3f} |")
+        lines += ["", "| seed | lowest few-shot loss: test loss | lowest mean over subtasks: test loss | lowest test loss |",
+                  "|---|---|---|---|"]
         for s in seeds:
             here = [cell[m, s] for m in methods if (m, s) in cell]
-            by_few, by_test = min(here, key=lambda r: r["fewshot_loss"]), min(here, key=lambda r: r["test_loss"])
-            lines.append(f"| {s} | {by_few['method']} | {by_few['test_loss']:.3f} | {by_test['method']} "
-                         f"{by_test['test_loss']:.3f} |")
+            pick = lambda key: min(here, key=lambda r: r[key])  # noqa: E731
+            lines.append(" | ".join([f"| {s}"] + [f"{pick(k)['method']}: {pick(k)['test_loss']:.3f}"
+                                                  for k in ("fewshot_loss", "subtask_loss", "test_loss")]) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -86,7 +94,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = fewshot_losses(args.config, args.output.resolve(), args.methods)
     text = io.StringIO()
-    writer = csv.DictWriter(text, ["target", "method", "seed", "fewshot_loss", "test_loss"], lineterminator="\n")
+    writer = csv.DictWriter(text, ["target", "method", "seed", "fewshot_loss", "subtask_loss", "test_loss", "by_subtask"],
+                            lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(args.output / "validation.csv", text.getvalue().encode())
