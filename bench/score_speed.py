@@ -105,7 +105,14 @@ def feature_files(store: Path) -> list[Path]:
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    """This process's peak resident memory. Not ru_maxrss: a child spawned by this script inherits
+    the parent's high-water mark (the parent held its memory-mapped writes of the store), and
+    keeps it across exec; VmHWM is the peak of the child's own address space."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # no /proc: the inherited peak, KiB (bytes on macOS)
 
 
 # -- the measured steps, each run in its own process (`--step`) ---------------------------------------

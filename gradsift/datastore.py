@@ -163,7 +163,11 @@ class GradientStore:
         return np.load(_scale_file(self.path, checkpoint), mmap_mode=mode) if has_scale(self.dtype) else None
 
     def rows(self, checkpoint: str, which=slice(None)) -> np.ndarray:
-        """Rows ``which`` (a slice or an index array) as float32 for scoring (``compact.decode_rows``).
+        """Rows ``which`` (a slice or an index array) as float32 for scoring."""
+        return self.decode(*self.stored_rows(checkpoint, which))
+
+    def stored_rows(self, checkpoint: str, which=slice(None)) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows ``which`` as stored, and their scales (None for float16): ``decode`` makes them float32.
         A slice is read from the file, not through a memory map: mapped pages stay in the process's
         resident memory until the kernel needs them, so scanning a large store that way looks like
         holding all of it."""
@@ -172,8 +176,10 @@ class GradientStore:
         else:
             read = lambda file: np.load(file, mmap_mode="r")[which]  # noqa: E731
         scales = read(_scale_file(self.path, checkpoint)) if has_scale(self.dtype) else None
-        return decode_rows(read(_feature_file(self.path, checkpoint)), scales, self.dtype,
-                           self.manifest["projection"]["dim"])
+        return read(_feature_file(self.path, checkpoint)), scales
+
+    def decode(self, stored: np.ndarray, scales: np.ndarray | None, out=None) -> np.ndarray:
+        return decode_rows(stored, scales, self.dtype, self.manifest["projection"]["dim"], out)
 
     def ok_mask(self) -> np.ndarray:
         return self.index.ok_mask()

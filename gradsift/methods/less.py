@@ -17,7 +17,7 @@ from ..scoring import checkpoint_weights, subtask_mean_rows, weighted_similarity
 from .base import Pool, SimilarityMethod, Target
 
 
-CHUNK_BYTES = 1 << 28  # decoded pool rows of one chunk (two are held: one scored, one read): memory stays flat
+CHUNK_BYTES = 1 << 28  # decoded pool rows of one chunk (one buffer, and the next chunk as stored): memory stays flat
 
 
 @dataclass
@@ -53,17 +53,19 @@ class Less(SimilarityMethod):
         n, dim = len(pool.refs), pool.store.manifest["projection"]["dim"]
         step = max(1, min(self.chunk_rows, CHUNK_BYTES // (4 * dim * len(names))))  # decoded rows are float32
 
-        def decoded(start: int) -> list[torch.Tensor]:
-            return [torch.from_numpy(to_signs(pool.store.rows(c, slice(start, start + step)))) for c in names]
+        def read(start: int) -> list[tuple]:
+            return [pool.store.stored_rows(c, slice(start, start + step)) for c in names]
 
+        buffers = [torch.empty(min(step, n), dim) for _ in names]  # reused: a chunk is scored before the next
         starts = range(0, n, step)
-        # the next chunk is read and decoded in a thread while this one is scored: NumPy lets go of the
-        # GIL while it reads the memory map and converts, so the disk and the products overlap
+        # the next chunk is read from disk in a thread (a read lets go of the GIL) while this one is
+        # decoded and scored on every core: the scan takes the longer of the two, not their sum
         with ThreadPoolExecutor(1) as reader:
-            pending = reader.submit(decoded, 0)
+            pending = reader.submit(read, 0)
             for k in tqdm(starts, desc="score", unit="chunk", disable=n <= step):
-                chunk = pending.result()
+                stored = pending.result()
                 if k + step < n:
-                    pending = reader.submit(decoded, k + step)
+                    pending = reader.submit(read, k + step)
+                chunk = [torch.from_numpy(to_signs(pool.store.decode(*s, out))) for s, out in zip(stored, buffers)]
                 yield k, [weighted_similarity(chunk, feats, weights, sign_cosine if signs else None)
                           for feats in target_feats]
