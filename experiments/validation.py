@@ -56,7 +56,7 @@ def fewshot_losses(config_path: Path, output: Path, methods: list[str] | None) -
             rows.append({"target": target.name, "method": job["method"], "seed": job["seed"],
                          "fewshot_loss": summary["loss"], "subtask_loss": float(np.mean(list(by_subtask.values()))),
                          "test_loss": test[target.name, job["method"], str(job["seed"])],
-                         "by_subtask": json.dumps(by_subtask)})
+                         "by_subtask": by_subtask})
     return rows
 
 
@@ -67,12 +67,12 @@ def report(rows: list[dict]) -> str:
         methods = list(dict.fromkeys(r["method"] for r in mine))
         seeds = sorted({r["seed"] for r in mine})
         cell = {(r["method"], r["seed"]): r for r in mine}
-        subtasks = list(json.loads(mine[0]["by_subtask"]))
+        subtasks = list(mine[0]["by_subtask"])
         lines += [f"### {target}", "", "| method | few-shot loss | mean over subtasks | "
                   + " | ".join(subtasks) + " | test loss |", "|---|---|---|" + "---|" * len(subtasks) + "---|"]
         for m in methods:
             mean = lambda key: np.mean([cell[m, s][key] for s in seeds if (m, s) in cell])  # noqa: E731
-            parts = [np.mean([json.loads(cell[m, s]["by_subtask"])[t] for s in seeds if (m, s) in cell]) for t in subtasks]
+            parts = [np.mean([cell[m, s]["by_subtask"][t] for s in seeds if (m, s) in cell]) for t in subtasks]
             lines.append(f"| {m} | {mean('fewshot_loss'):.3f} | {mean('subtask_loss'):.3f} | "
                          + " | ".join(f"{v:.3f}" for v in parts) + f" | {mean('test_loss'):.3f} |")
         lines += ["", "| seed | lowest few-shot loss: test loss | lowest mean over subtasks: test loss | lowest test loss |",
@@ -97,7 +97,7 @@ def main() -> None:
     writer = csv.DictWriter(text, ["target", "method", "seed", "fewshot_loss", "subtask_loss", "test_loss", "by_subtask"],
                             lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({**r, "by_subtask": json.dumps(r["by_subtask"])} for r in rows)
     atomic_write_bytes(args.output / "validation.csv", text.getvalue().encode())
     md = report(rows)
     atomic_write_bytes(args.output / "validation.md", md.encode())

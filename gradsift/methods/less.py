@@ -45,10 +45,13 @@ class Less(SimilarityMethod):
         weights = checkpoint_weights([c["lr"] for c in pool.store.checkpoints])
         names = [c["name"] for c in pool.store.checkpoints]
         signs = self._signs(pool, targets)
-        # a bit store's rows decode to sign vectors already; float rows compared with them become signs
-        to_signs = lambda store: as_signs if signs and store.dtype != "bit" else (lambda rows: rows)  # noqa: E731
+
+        def to_signs(store, rows: np.ndarray) -> np.ndarray:
+            """A bit store's rows decode to sign vectors already; float rows compared with them become signs."""
+            return as_signs(rows) if signs and store.dtype != "bit" else rows
+
         rows = [np.flatnonzero(t.store.ok_mask()) for t in targets]
-        target_feats = [[torch.from_numpy(to_signs(t.store)(t.store.rows(c, r))) for c in names] for t, r in zip(targets, rows)]
+        target_feats = [[torch.from_numpy(to_signs(t.store, t.store.rows(c, r))) for c in names] for t, r in zip(targets, rows)]
         if self._by_subtask_mean(pool, targets):
             target_feats = [[subtask_mean_rows(f, t.subtasks) for f in feats] for t, feats in zip(targets, target_feats)]
         n, dim = len(pool.refs), pool.store.manifest["projection"]["dim"]
@@ -57,7 +60,6 @@ class Less(SimilarityMethod):
         def read(start: int) -> list[tuple]:
             return [pool.store.stored_rows(c, slice(start, start + step)) for c in names]
 
-        pool_signs = to_signs(pool.store)
         buffers = [torch.empty(min(step, n), dim) for _ in names]  # reused: a chunk is scored before the next
         starts = range(0, n, step)
         # the next chunk is read from disk in a thread (a read lets go of the GIL) while this one is
@@ -68,6 +70,6 @@ class Less(SimilarityMethod):
                 stored = pending.result()
                 if k + step < n:
                     pending = reader.submit(read, k + step)
-                chunk = [torch.from_numpy(pool_signs(pool.store.decode(*s, out))) for s, out in zip(stored, buffers)]
+                chunk = [torch.from_numpy(to_signs(pool.store, pool.store.decode(*s, out))) for s, out in zip(stored, buffers)]
                 yield k, [weighted_similarity(chunk, feats, weights, sign_cosine if signs else None)
                           for feats in target_feats]
