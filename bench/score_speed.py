@@ -9,12 +9,16 @@ It writes a synthetic gradient store of --rows random unit rows x --dim dims wit
   select    `gradsift select` (the Python API) of the top 5% over the whole store: rows/s, the
             fraction of the disk bandwidth it reaches, peak RSS of that process
 
-and, for --index-rows (10M by default), how long the index alone takes to open and the memory it takes.
+and, for --index-rows (10M by default), how long the index alone takes to open and the memory it
+takes, and the same `gradsift select` of a whole store of that many rows at --index-dim (64) float16
+dims: what memory the row count alone costs a selection (its index, scores, ranking and the 10M-line
+scores.csv it writes), with the features small enough to fit the scratch disk.
 Synthetic rows say nothing of selection quality (that is bench/build_speed.py's quality part); they
 load the disk, the decoding and the matrix products exactly as a real store of that size does.
 
     python bench/score_speed.py                         # 1M x 8192, float16 int8 bit; 10M-row index
     python bench/score_speed.py --rows 100000 --index-rows 1000000 --out bench/score_small.json
+    python bench/score_speed.py --dtypes --out bench/score_rows.json    # only the 10M-row parts
 """
 
 from __future__ import annotations
@@ -169,8 +173,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=8192)
     parser.add_argument("--targets", type=int, default=300)
     parser.add_argument("--target-subtasks", type=int, default=10, help="the targets' subtasks (BBH has 27)")
-    parser.add_argument("--dtypes", nargs="+", default=["float16", "int8", "bit"])
+    parser.add_argument("--dtypes", nargs="*", default=["float16", "int8", "bit"])
     parser.add_argument("--index-rows", type=int, default=10_000_000)
+    parser.add_argument("--index-dim", type=int, default=64, help="dims of the --index-rows store that is selected from")
     parser.add_argument("--work", type=Path, default=Path("bench-score-work"), help="scratch folder (deleted after)")
     parser.add_argument("--out", type=Path, default=Path("bench/score_results.json"))
     parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
@@ -190,7 +195,8 @@ def main() -> None:
                "target_subtasks": args.target_subtasks,
                "dtypes": {}}
     try:
-        write_pool_files(args.rows, args.work / "records")
+        if args.dtypes:
+            write_pool_files(args.rows, args.work / "records")
         for dtype in args.dtypes:
             store, target = args.work / f"pool-{dtype}", args.work / f"target-{dtype}"
             write_store(store, args.rows, args.dim, dtype, seed=0, gradient="adam", pool=args.work / "records")
@@ -212,6 +218,16 @@ def main() -> None:
         results["index"] = in_process("read-index", folder)
         print(f"index of {args.index_rows:,} rows: opened in {results['index']['seconds']:.2f} s, "
               f"peak RSS {results['index']['peak_rss_gib']:.2f} GiB")
+        shutil.rmtree(folder)
+        store, target, records = args.work / "rows-pool", args.work / "rows-target", args.work / "records"
+        write_pool_files(args.index_rows, records)
+        write_store(store, args.index_rows, args.index_dim, "float16", seed=0, gradient="adam", pool=records)
+        write_store(target, args.targets, args.index_dim, "float16", seed=1, gradient="sgd", pool=records,
+                    subtasks=args.target_subtasks)
+        results["rows_select"] = {"rows": args.index_rows, "dim": args.index_dim,
+                                  **in_process("select", store, target, args.work / "rows-selection")}
+        print(f"select of {args.index_rows:,} rows x {args.index_dim} float16 dims: "
+              f"{results['rows_select']['seconds']:.1f} s, peak RSS {results['rows_select']['peak_rss_gib']:.2f} GiB")
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -36,7 +36,7 @@ def _umask() -> int:
     return mask
 
 
-def _replace_atomically(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write PATH through a temporary file beside it (``write(file)`` fills it), synced, then renamed
     into place: PATH is whole or absent. A failed write leaves no temporary file."""
     path = Path(path)
@@ -56,7 +56,21 @@ def _replace_atomically(path: Path, write) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _replace_atomically(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_chunks(path: Path, chunks) -> str:
+    """Write the byte strings of CHUNKS one after the other, atomically (a large output is never whole
+    in memory); returns the file's sha256."""
+    digest = hashlib.sha256()
+
+    def write(f) -> None:
+        for chunk in chunks:
+            digest.update(chunk)
+            f.write(chunk)
+
+    atomic_write(path, write)
+    return digest.hexdigest()
 
 
 def atomic_copy(source: Path, path: Path) -> None:
@@ -66,7 +80,7 @@ def atomic_copy(source: Path, path: Path) -> None:
         with open(source, "rb") as src:
             shutil.copyfileobj(src, f)
 
-    _replace_atomically(path, copy)
+    atomic_write(path, copy)
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -133,5 +133,4 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     NaN is not a score: callers must not pass it."""
     if np.isnan(scores).any():
         raise ValueError("NaN in scores")
-    order = np.lexsort((np.arange(len(scores)), -scores.astype(np.float64)))
-    return order[:k]
+    return np.argsort(-scores, kind="stable")[:k]  # stable: equal scores keep their pool order

@@ -11,7 +11,6 @@ pass over the pool.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from collections import Counter
 from dataclasses import dataclass
@@ -20,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from .config import SelectConfig
-from .data import ChatEncoder, print_skips, read_records
+from .data import STATUSES, ChatEncoder, print_skips, read_records
 from .datastore import GradientStore
 from .errors import ConfigError
-from .files import atomic_write_bytes, atomic_write_json
+from .files import atomic_write_chunks, atomic_write_json
 from .locks import folder_lock
 from .methods import METHODS, Bm25, Exact, FullPool, Fusion, Less, Pool, RandomSelection, Rds, SelectionMethod, Target
 from .methods.exact import run_encoder
@@ -141,36 +140,44 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
     return selections
 
 
+ROWS_AT_ONCE = 65536  # rows of an output made at a time: a pool of millions never becomes millions of Python objects
+
+
 def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, subtasks: list[str] | None) -> None:
     index = pool.refs
-    records = read_records(index.take(sel.selected))
-    outputs = {"selected.jsonl": b"".join(r + b"\n" for r in records)}
+    checksums = {"selected.jsonl": atomic_write_chunks(sel.output / "selected.jsonl", (
+        b"".join(r + b"\n" for r in read_records(index.take(sel.selected[start: start + ROWS_AT_ONCE])))
+        for start in range(0, len(sel.selected), ROWS_AT_ONCE)))}
 
-    # column by column: a pool of millions of rows never becomes millions of Python objects at once
     ok = sel.scored
-    statuses = index.statuses()
+    statuses = index.status_codes()
     ranks = np.zeros(len(index), dtype=np.int64)
     ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
-    columns = {
-        **{name: index.column(name).tolist() for name in ("file", "line", "id", "source")},
-        "score": np.where(ok, np.char.mod("%.7g", sel.scores.astype(np.float64)), "").tolist(),
-        "rank": np.where(ok, ranks.astype(str), "").tolist(),
-        "selected": (ok & (ranks <= sel.count) & (ranks > 0)).astype(int).tolist(),
-        "status": np.where(ok, "ok", statuses).tolist(),
-        "subtask": np.where(ok, np.asarray(subtasks, dtype=object), "").tolist() if subtasks else [""] * len(index),
-        "chars": index.column("chars").tolist(),
-    }
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(list(columns))
-    writer.writerows(zip(*columns.values()))
-    outputs["scores.csv"] = text.getvalue().encode()
-    for name, data in outputs.items():
-        atomic_write_bytes(sel.output / name, data)
 
-    sources = index.column("source")
-    pool_sources = Counter(sources.tolist())
-    picked_sources = Counter(sources[sel.selected].tolist())
+    def scores_csv(start: int) -> bytes:
+        rows = slice(start, start + ROWS_AT_ONCE)
+        part, scored = index.table.slice(start, ROWS_AT_ONCE), ok[rows]
+        columns = {
+            **{name: part.column(name).to_pylist() for name in ("file", "line", "id", "source")},
+            "score": np.where(scored, np.char.mod("%.7g", sel.scores[rows].astype(np.float64)), "").tolist(),
+            "rank": np.where(scored, ranks[rows].astype(str), "").tolist(),
+            "selected": (scored & (ranks[rows] <= sel.count) & (ranks[rows] > 0)).astype(int).tolist(),
+            "status": np.where(scored, "ok", np.asarray(STATUSES)[statuses[rows]]).tolist(),
+            "subtask": np.where(scored, np.asarray(subtasks[rows], dtype=object), "").tolist() if subtasks
+            else [""] * len(part),
+            "chars": part.column("chars").to_pylist(),
+        }
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        if start == 0:
+            writer.writerow(list(columns))
+        writer.writerows(zip(*columns.values()))
+        return text.getvalue().encode()
+
+    checksums["scores.csv"] = atomic_write_chunks(sel.output / "scores.csv",
+                                                  map(scores_csv, range(0, len(index), ROWS_AT_ONCE)))
+
+    pool_sources, picked_sources = index.counts("source"), index.counts("source", sel.selected)
     valid = sel.scores[sel.scored]
     summary = {
         "target": sel.target,
@@ -181,7 +188,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         "target_files": target.files,
         "file_sha256": {**pool.file_sha256, **target.file_sha256},
         "pool": {"examples": len(index), "scored": int(sel.scored.sum()),
-                 "skipped": {**{s: int((statuses[~ok] == s).sum())
+                 "skipped": {**{s: int((statuses[~ok] == STATUSES.index(s)).sum())
                                 for s in ("no_label_tokens", "non_finite_gradient")},
                              "bad_records": len(pool.bad_records)}},
         "selected": len(sel.selected),
@@ -195,7 +202,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         "target_examples": {"usable": len(target.refs), "skipped": target.skipped,
                             "subtasks": dict(sorted(Counter(target.subtasks).items()))},
         "bad_records": pool.bad_records + target.bad_records,
-        "checksums": {name: hashlib.sha256(data).hexdigest() for name, data in outputs.items()},
+        "checksums": checksums,
     }
     if pool.store is not None:
         summary |= {"pool_store": str(pool.store.path), "target_store": str(target.store.path),

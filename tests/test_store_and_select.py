@@ -470,6 +470,7 @@ def test_top_k_ties_go_to_the_lower_index():
     assert top_k(scores, 3).tolist() == [1, 3, 0]
     assert top_k(np.zeros(5), 5).tolist() == [0, 1, 2, 3, 4]
     assert top_k(-np.arange(5.0), 2).tolist() == [0, 1]
+    assert top_k(np.array([0.0, -0.0, 1.0, 0.0], dtype=np.float32), 4).tolist() == [2, 0, 1, 3]  # -0.0 == 0.0
     with pytest.raises(ValueError, match="NaN"):
         top_k(np.array([0.1, np.nan]), 1)
 
@@ -498,3 +499,50 @@ def test_relevance_auc_counts_the_pairs_a_relevant_row_wins():
     assert relevance_auc(scores, relevant) == pytest.approx(np.mean(wins))
     assert relevance_auc(np.arange(4.0), np.array([0, 0, 1, 1], bool)) == 1.0
     assert relevance_auc(np.zeros(4), np.array([0, 0, 1, 1], bool)) == 0.5
+
+
+def test_outputs_written_a_few_rows_at_a_time_equal_one_piece(selection, stores, tmp_path, monkeypatch):
+    # scores.csv and selected.jsonl are made in row blocks (a 10M-row pool never becomes 10M objects):
+    # with blocks of 4 rows, the files are the same bytes, and summary.json holds their hashes
+    import hashlib
+
+    import gradsift.select as select_module
+
+    pool, target = stores
+    monkeypatch.setattr(select_module, "ROWS_AT_ONCE", 4)
+    out = tmp_path / "blocks"
+    select(SelectConfig(method="less", train_store=pool.path, target_store=[target.path], output=out, count=6))
+    whole = tmp_path / "whole"
+    monkeypatch.setattr(select_module, "ROWS_AT_ONCE", 1 << 20)
+    select(SelectConfig(method="less", train_store=pool.path, target_store=[target.path], output=whole, count=6))
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("scores.csv", "selected.jsonl"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes()
+        assert summary["checksums"][name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    assert len((out / "selected.jsonl").read_bytes().splitlines()) == 6
+
+
+def test_an_index_written_with_64_bit_and_string_columns_opens_as_today(stores, tmp_path):
+    # stores of format 2 written before the index held int32 counts and coded strings still open, equal
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gradsift.store_index import SCHEMA
+
+    pool, target = stores
+    old = tmp_path / "wide"
+    shutil.copytree(pool.path, old)
+    table = pq.read_table(old / "index.parquet")
+    wide = pa.schema([(f.name, pa.string() if pa.types.is_dictionary(f.type) else
+                       pa.int64() if pa.types.is_integer(f.type) else f.type) for f in SCHEMA])
+    pq.write_table(table.cast(wide), old / "index.parquet")
+    reopened = GradientStore.open(old)
+    assert reopened.index.table.schema.equals(SCHEMA) and reopened.index == pool.index
+    assert list(reopened.index) == list(pool.index)
+    statuses = [r.status for r in pool.index]
+    assert reopened.index.ok_mask().tolist() == [s == "ok" for s in statuses]
+    assert reopened.index.counts("source") == {s: [r.source for r in pool.index].count(s)
+                                              for s in {r.source for r in pool.index}}
+    for out, store in (("a", pool.path), ("b", old)):
+        select(SelectConfig(method="less", train_store=store, target_store=[target.path], output=tmp_path / out, count=3))
+    assert (tmp_path / "a" / "scores.csv").read_bytes() == (tmp_path / "b" / "scores.csv").read_bytes()
