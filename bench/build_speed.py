@@ -49,6 +49,7 @@ from peft import set_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from gradsift.build import BuildConfig, build
+from memory import peak_rss_gib
 from gradsift.compact import DTYPES, decode_rows, encode_rows, has_scale, numpy_dtype, sign_cosine, stored_shape
 from gradsift.data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss, read_records
 from gradsift.benchmark import build_benchmark
@@ -158,9 +159,14 @@ def run_variant(args) -> dict:
             "seconds": seconds, "examples_per_s": rows / seconds, "peak_gpu_gib": peak_gpu}
 
 
+def report(result: dict) -> None:
+    """A variant's result, as the last line of its process's output, with that process's peak memory."""
+    print(json.dumps({**result, "peak_rss_gib": peak_rss_gib()}))
+
+
 def child(args, variant: str, script: str = __file__, **overrides) -> dict:
-    """Run one variant in a fresh process of SCRIPT (this one, or a bench script that imports it); add its
-    peak resident memory."""
+    """Run one variant in a fresh process of SCRIPT (this one, or a bench script that imports it): its
+    result, with its own peak resident memory (``report``)."""
     cmd = [sys.executable, script, "--variant", variant]
     for key, value in {**vars(args), **overrides}.items():
         flag = "--" + key.replace("_", "-")
@@ -170,14 +176,10 @@ def child(args, variant: str, script: str = __file__, **overrides) -> dict:
             cmd += [flag, *map(str, value)] if value else []
         else:
             cmd += [flag] if value is True else [f"{flag}={value}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"variant {variant} failed:\n{out}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_gib"] = usage.ru_maxrss / 2**20  # kilobytes on Linux
-    return result
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"variant {variant} failed:\n{done.stdout}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def exact_features(model, adam, pool, targets, batches, path: Path) -> list[np.ndarray]:
@@ -356,10 +358,10 @@ def main():
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = parser.parse_args()
     if args.variant == "quality":
-        print(json.dumps(quality(args)))
+        report(quality(args))
         return
     if args.variant:
-        print(json.dumps(run_variant(args)))
+        report(run_variant(args))
         return
 
     prepare(args)

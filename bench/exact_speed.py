@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build_speed import bench_data, child, prepare, run_record, run_variant, speed_file, usable
+from build_speed import bench_data, child, prepare, report, run_record, run_variant, speed_file, usable
 from gradsift.data import ChatEncoder, read_records
 from gradsift.files import atomic_write_bytes
 from gradsift.methods import exact
@@ -100,10 +100,10 @@ def main():
     parser.set_defaults(memory_examples=None)  # build_speed's prepare: no memory-check file here
     args = parser.parse_args()
     if args.variant == "training":
-        print(json.dumps(run_variant(args)))
+        report(run_variant(args))
         return
     if args.variant == "exact":
-        print(json.dumps(run_exact(args)))
+        report(run_exact(args))
         return
 
     prepare(args)

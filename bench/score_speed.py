@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+
+from memory import peak_rss_gib
 
 CHECKPOINTS = ["checkpoint-1", "checkpoint-2"]
 
@@ -106,17 +107,6 @@ def evict(paths: list[Path]) -> None:
 
 def feature_files(store: Path) -> list[Path]:
     return sorted((store / "features").glob("*.npy"))
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory. Not ru_maxrss: a child spawned by this script inherits
-    the parent's high-water mark (the parent held its memory-mapped writes of the store), and
-    keeps it across exec; VmHWM is the peak of the child's own address space."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # no /proc: the inherited peak, KiB (bytes on macOS)
 
 
 # -- the measured steps, each run in its own process (`--step`) ---------------------------------------
