@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from .data import ExampleRef, status_codes
 
-# How the columns are held, 38 bytes a row plus the ids (10M rows: about 0.5 GiB). The few distinct
+# How the columns are held, 40 bytes a row plus the ids (10M rows: about 0.5 GiB). The few distinct
 # files, sources and subtasks of a pool are a dictionary of the values and an int32 code per row, not
 # one string per row (10M paths would take ~1 GiB); counts are int32, byte offsets int64.
 _CODED = pa.dictionary(pa.int32(), pa.string())
