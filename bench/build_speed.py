@@ -49,7 +49,6 @@ from peft import set_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from gradsift.build import BuildConfig, build
-from memory import peak_rss_gib
 from gradsift.compact import DTYPES, decode_rows, encode_rows, has_scale, numpy_dtype, sign_cosine, stored_shape
 from gradsift.data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss, read_records
 from gradsift.benchmark import build_benchmark
@@ -62,6 +61,7 @@ from gradsift.projection import PROJECTORS, make_projector
 from gradsift.scoring import aggregate, top_k
 from gradsift.training import Run, lora_parameters
 from gradsift.warmup import WarmupConfig, warmup
+from memory import peak_rss_gib
 
 
 def prepare(args) -> None:

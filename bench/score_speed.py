@@ -94,6 +94,15 @@ def write_store(path: Path, rows: int, dim: int, dtype: str, seed: int, gradient
     store.finish()
 
 
+def write_stores(args, name: str, rows: int, dim: int, dtype: str) -> tuple[Path, Path]:
+    """A pool store of ROWS x DIM in DTYPE and its float16 target store (--targets rows in
+    --target-subtasks subtasks), over the records in WORK/records."""
+    store, target, records = args.work / f"pool-{name}", args.work / f"target-{name}", args.work / "records"
+    write_store(store, rows, dim, dtype, seed=0, gradient="adam", pool=records)
+    write_store(target, args.targets, dim, "float16", seed=1, gradient="sgd", pool=records, subtasks=args.target_subtasks)
+    return store, target
+
+
 def evict(paths: list[Path]) -> None:
     """Drop the files from the page cache, so that the next read comes from the disk."""
     for path in paths:
@@ -188,10 +197,7 @@ def main() -> None:
         if args.dtypes:
             write_pool_files(args.rows, args.work / "records")
         for dtype in args.dtypes:
-            store, target = args.work / f"pool-{dtype}", args.work / f"target-{dtype}"
-            write_store(store, args.rows, args.dim, dtype, seed=0, gradient="adam", pool=args.work / "records")
-            write_store(target, args.targets, args.dim, "float16", seed=1, gradient="sgd", pool=args.work / "records",
-                        subtasks=args.target_subtasks)
+            store, target = write_stores(args, dtype, args.rows, args.dim, dtype)
             read = in_process("read", store)
             chosen = in_process("select", store, target, args.work / f"selection-{dtype}")
             size = sum(p.stat().st_size for p in feature_files(store))
@@ -209,11 +215,8 @@ def main() -> None:
         print(f"index of {args.index_rows:,} rows: opened in {results['index']['seconds']:.2f} s, "
               f"peak RSS {results['index']['peak_rss_gib']:.2f} GiB")
         shutil.rmtree(folder)
-        store, target, records = args.work / "rows-pool", args.work / "rows-target", args.work / "records"
-        write_pool_files(args.index_rows, records)
-        write_store(store, args.index_rows, args.index_dim, "float16", seed=0, gradient="adam", pool=records)
-        write_store(target, args.targets, args.index_dim, "float16", seed=1, gradient="sgd", pool=records,
-                    subtasks=args.target_subtasks)
+        write_pool_files(args.index_rows, args.work / "records")
+        store, target = write_stores(args, "rows", args.index_rows, args.index_dim, "float16")
         results["rows_select"] = {"rows": args.index_rows, "dim": args.index_dim,
                                   **in_process("select", store, target, args.work / "rows-selection")}
         print(f"select of {args.index_rows:,} rows x {args.index_dim} float16 dims: "

@@ -47,8 +47,7 @@ class StoreIndex(Sequence):
     def from_refs(cls, refs) -> "StoreIndex":
         if isinstance(refs, StoreIndex):
             return refs
-        return cls(pa.table({f.name: pa.array([getattr(r, f.name) for r in refs], type=f.type.value_type
-                                               if pa.types.is_dictionary(f.type) else f.type) for f in SCHEMA}))
+        return cls(pa.table({f.name: pa.array([getattr(r, f.name) for r in refs], type=f.type) for f in SCHEMA}))
 
     @classmethod
     def read(cls, store: Path) -> "StoreIndex":
