@@ -9,6 +9,10 @@ nothing: padded positions carry no loss and no real token attends to them, so th
 Each parameter's per-example gradient is handed to a consumer as soon as the backward pass reaches
 it, so a caller that reduces it at once (Adam transform + projection) never holds the whole
 (batch, n_params) matrix: peak memory is set by the largest LoRA factor, not by the LoRA size.
+
+Inside the context the LoRA factors are frozen and the input embeddings are made to require a gradient
+instead: the backward pass then computes only what reaches the hooks, not also autograd's batch-summed
+weight gradients, which no caller reads (about 3% of a backward pass at r=128).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class PerExampleGradients:
     def __init__(self, model):
         self.model = model
         params = lora_parameters(model)
+        self._params = [p for _, p in params]
         self.names = [n for n, _ in params]
         self.shapes = [tuple(p.shape) for _, p in params]
         self.numels, self.offsets = flat_layout(self.shapes)
@@ -41,17 +46,27 @@ class PerExampleGradients:
 
     def __enter__(self) -> "PerExampleGradients":
         modules = dict(self.model.named_modules())
-        for i, (name, param) in enumerate(lora_parameters(self.model)):
+        for i, (name, param) in enumerate(zip(self.names, self._params)):
             module = modules[name.rsplit(".", 1)[0]]
             if not isinstance(module, torch.nn.Linear) or module.weight is not param or module.bias is not None:
                 raise TypeError(f"{name} is not the weight of a bias-free nn.Linear; cannot take per-example gradients")
             self._handles.append(module.register_forward_hook(self._hook(i)))
+        self._handles.append(self.model.get_input_embeddings().register_forward_hook(self._track_inputs))
+        for param in self._params:
+            param.requires_grad_(False)
         return self
 
     def __exit__(self, *exc) -> None:
+        for param in self._params:
+            param.requires_grad_(True)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def _track_inputs(self, module, inputs, output):
+        # What makes every LoRA output require a gradient while the factors themselves are frozen.
+        if self._consume is not None and torch.is_grad_enabled():
+            output.requires_grad_(True)
 
     def _hook(self, i: int):
         def forward_hook(module, inputs, output):
@@ -75,7 +90,6 @@ class PerExampleGradients:
             per_example_loss(self.model, batch).sum().backward()
         finally:
             self._consume = None
-            self.model.zero_grad(set_to_none=True)  # the batch-summed .grad is not needed
 
     def compute(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = torch.empty(batch["input_ids"].shape[0], self.size, device=batch["input_ids"].device)

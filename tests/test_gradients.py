@@ -100,10 +100,12 @@ def test_hooks_are_removed_on_exit(setup):
     model, tokenizer, examples = setup
     pad = tokenizer.pad_token_id
     grads = PerExampleGradients(model)
-    with grads:
-        assert sum(len(m._forward_hooks) for m in model.modules()) == len(grads.names)
+    with grads:  # one hook per LoRA factor, one on the input embeddings
+        assert sum(len(m._forward_hooks) for m in model.modules()) == len(grads.names) + 1
         grads.compute(collate(examples[:2], pad))
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    # the factors frozen inside are trainable again
+    assert [n for n, _ in lora_parameters(model)] == grads.names
     # and a plain backward pass afterwards still works
     per_example_loss(model, collate(examples[:1], pad)).sum().backward()
     model.zero_grad(set_to_none=True)
