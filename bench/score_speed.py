@@ -12,7 +12,9 @@ It writes a synthetic gradient store of --rows random unit rows x --dim dims wit
 and, for --index-rows (10M by default), how long the index alone takes to open and the memory it
 takes, and the same `gradsift select` of a whole store of that many rows at --index-dim (64) float16
 dims: what memory the row count alone costs a selection (its index, scores, ranking and the 10M-line
-scores.csv it writes), with the features small enough to fit the scratch disk.
+scores.csv it writes), with the features small enough to fit the scratch disk. Before that select,
+the same --index-rows records are indexed from their files as `gradsift build` and every text method
+read a pool (`data.index_examples`, without the tokenizer, which adds only time): its peak RSS.
 Synthetic rows say nothing of selection quality (that is bench/build_speed.py's quality part); they
 load the disk, the decoding and the matrix products exactly as a real store of that size does.
 
@@ -159,6 +161,14 @@ def step_read_index(folder: Path) -> dict:
             "peak_rss_gib": peak_rss_gib()}
 
 
+def step_index_pool(records: Path) -> dict:
+    from gradsift.data import index_examples
+
+    start = time.perf_counter()
+    index, bad, _ = index_examples(sorted(records.glob("*.jsonl")), None)
+    return {"seconds": time.perf_counter() - start, "rows": len(index), "bad": len(bad), "peak_rss_gib": peak_rss_gib()}
+
+
 def in_process(*argv) -> dict:
     done = subprocess.run([sys.executable, __file__, "--step", *map(str, argv)], capture_output=True, text=True)
     if done.returncode:
@@ -184,7 +194,8 @@ def main() -> None:
         result = {"read": lambda: step_read(Path(rest[0])),
                   "select": lambda: step_select(Path(rest[0]), Path(rest[1]), Path(rest[2])),
                   "write-index": lambda: step_write_index(int(rest[0]), Path(rest[1])),
-                  "read-index": lambda: step_read_index(Path(rest[0]))}[kind]()
+                  "read-index": lambda: step_read_index(Path(rest[0])),
+                  "index-pool": lambda: step_index_pool(Path(rest[0]))}[kind]()
         print(json.dumps(result))
         return
 
@@ -216,6 +227,9 @@ def main() -> None:
               f"peak RSS {results['index']['peak_rss_gib']:.2f} GiB")
         shutil.rmtree(folder)
         write_pool_files(args.index_rows, args.work / "records")
+        results["pool_index"] = in_process("index-pool", args.work / "records")
+        print(f"index_examples of {args.index_rows:,} records: {results['pool_index']['seconds']:.1f} s, "
+              f"peak RSS {results['pool_index']['peak_rss_gib']:.2f} GiB")
         store, target = write_stores(args, "rows", args.index_rows, args.index_dim, "float16")
         results["rows_select"] = {"rows": args.index_rows, "dim": args.index_dim,
                                   **in_process("select", store, target, args.work / "rows-selection")}

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import AdamForm, BuildConfig
-from .data import ChatEncoder, collate, encode_refs, index_examples, print_skips
+from .data import STATUSES, ChatEncoder, collate, encode_refs, index_examples, print_skips
 from .datastore import GradientStore
 from .distributed import World, shard_bounds, world_locks
 from .errors import ConfigError, StoreMismatchError
@@ -36,7 +36,8 @@ def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, project
     if not total_lr > 0:
         raise StoreMismatchError(f"warmup run {run.path}: every checkpoint trained at learning rate 0, so none can "
                                  "weigh the scores; warm up again with a positive --learning-rate")
-    statuses = [ref.status for ref in index]
+    statuses = index.status_codes()
+    no_labels = np.flatnonzero(statuses == STATUSES.index("no_label_tokens"))
     return {
         "model": {"name": run.model.name, "fingerprint": run.model.fingerprint},
         "run": run.id,
@@ -50,11 +51,11 @@ def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, project
         "response": config.response,
         "parameters": {"count": grads.size, "layout": names.hexdigest()},
         "files": [asdict(f) for f in files],
-        "counts": {"examples": len(index), "ok": statuses.count("ok"),
-                   "no_label_tokens": statuses.count("no_label_tokens"), "bad_records": len(bad),
+        "counts": {"examples": len(index), "ok": int((statuses == STATUSES.index("ok")).sum()),
+                   "no_label_tokens": len(no_labels), "bad_records": len(bad),
                    "non_finite_gradient": 0},  # set when the build finishes (GradientStore.finish)
         "bad_records": [asdict(b) for b in bad],
-        "no_label_tokens": [f"{r.file}:{r.line}" for r in index if r.status == "no_label_tokens"],
+        "no_label_tokens": [f"{r.file}:{r.line}" for r in index.take(no_labels)],
     }
 
 
@@ -106,7 +107,7 @@ def _build_together(configs: list[BuildConfig], world: World) -> list[GradientSt
             return stores
         if world.main:
             _report_skips(manifests[0], Path(configs[0].output))
-        first_row, end_row = shard_bounds([r.tokens for r in index], config.chunk_size, world.size)[world.rank]
+        first_row, end_row = shard_bounds(index.column("tokens"), config.chunk_size, world.size)[world.rank]
         for k in todo:
             if world.size == 1 and stores[k].shard_files():
                 raise ConfigError(f"{stores[k].path} was being built by several processes "

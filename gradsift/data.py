@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, get_args
+from typing import TYPE_CHECKING, Callable, Iterator, get_args
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ import torch
 from .config import Response
 from .errors import DataError
 from .files import file_sha256, require_data_file
+
+if TYPE_CHECKING:
+    from .store_index import StoreIndex
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -329,37 +332,85 @@ def label_count(labels: list[int]) -> int:
     return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
 
 
+class _SeenIds:
+    """The ids indexed so far, each with its row: those of the block being made in a dict, earlier blocks'
+    as sorted 64-bit hashes beside their rows (16 bytes an id, where a dict of 10M ids takes ~1.4 GiB).
+    A hash that matches is checked against the id itself (``id_at``): a collision is never a duplicate."""
+
+    def __init__(self, id_at: Callable[[int], str]):
+        self.id_at, self.recent = id_at, {}
+        self.hashes, self.rows = np.empty(0, np.int64), np.empty(0, np.int64)
+
+    def first_row(self, id: str) -> int | None:
+        if id in self.recent:
+            return self.recent[id]
+        h = hash(id)
+        for at in range(int(np.searchsorted(self.hashes, h)), len(self.hashes)):
+            if self.hashes[at] != h:
+                break
+            if self.id_at(int(self.rows[at])) == id:
+                return int(self.rows[at])
+        return None
+
+    def add(self, id: str, row: int) -> None:
+        self.recent[id] = row
+
+    def seal(self) -> None:
+        """Move the recent ids into the sorted arrays (a merge: linear in the ids seen)."""
+        hashes = np.fromiter(map(hash, self.recent), np.int64, len(self.recent))
+        order = np.argsort(hashes, kind="stable")
+        rows = np.fromiter(self.recent.values(), np.int64, len(self.recent))[order]
+        at = np.searchsorted(self.hashes, hashes[order])
+        self.hashes, self.rows = np.insert(self.hashes, at, hashes[order]), np.insert(self.rows, at, rows)
+        self.recent.clear()
+
+
 def index_examples(
     paths: list[Path], encoder: ChatEncoder | None, skip_bad: bool = False
-) -> tuple[list[ExampleRef], list[BadRecord], list[DataFile]]:
+) -> tuple["StoreIndex", list[BadRecord], list[DataFile]]:
     """Read, validate and tokenize every record of the files (streaming: only counts are kept).
-    Without an encoder (methods that read text only) records are validated but not tokenized."""
-    examples, bad, files = [], [], []
-    first_seen: dict[str, str] = {}  # id -> file:line of its first record
+    Without an encoder (methods that read text only) records are validated but not tokenized.
+
+    The examples come back as a columnar ``StoreIndex``, made a block of rows at a time: a pool of 10M
+    records is never 10M ExampleRefs, nor a dict of its ids."""
+    from .store_index import ROWS_AT_ONCE, StoreIndex  # store_index builds on this module
+
+    blocks, block, bad, files = [], [], [], []
+
+    def ref_at(row: int) -> ExampleRef:
+        k, i = divmod(row, ROWS_AT_ONCE)
+        return blocks[k][i] if k < len(blocks) else block[i]
+
+    seen = _SeenIds(lambda row: ref_at(row).id)
     for path in (Path(p).resolve() for p in paths):  # absolute: stores are read from anywhere
         bad_before = len(bad)
         count = 0
         for ref, messages, problem in scan_file(path, skip_bad):
-            if problem is None and ref.id in first_seen:
-                problem = BadRecord(str(path), ref.line, f"duplicate id {ref.id!r} (first at {first_seen[ref.id]})")
+            if problem is None and (first := seen.first_row(ref.id)) is not None:
+                first = ref_at(first)
+                problem = BadRecord(str(path), ref.line, f"duplicate id {ref.id!r} (first at {first.file}:{first.line})")
                 if not skip_bad:
                     raise DataError(path, ref.line, problem.problem)
             if problem is not None:
                 bad.append(problem)
                 continue
-            first_seen[ref.id] = f"{path}:{ref.line}"
+            seen.add(ref.id, len(blocks) * ROWS_AT_ONCE + len(block))
             if encoder is not None:
                 try:
                     ids, labels = encoder.encode(messages)
                 except ValueError as e:
                     raise DataError(path, ref.line, str(e)) from None
                 ref = replace(ref, tokens=len(ids), label_tokens=label_count(labels))
-            examples.append(ref)
+            block.append(ref)
+            if len(block) == ROWS_AT_ONCE:
+                blocks.append(StoreIndex.from_refs(block))
+                block = []
+                seen.seal()
             count += 1
         if count == 0 and len(bad) == bad_before:
             raise DataError(path, 0, "no records (the file is empty or blank)")
         files.append(DataFile(path=str(path), sha256=file_sha256(path), records=count))
-    return examples, bad, files
+    return StoreIndex.concat(blocks + [StoreIndex.from_refs(block)]), bad, files
 
 
 def print_skips(stage: str, bad: list, no_label_tokens: int, listed_in: str) -> None:

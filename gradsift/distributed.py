@@ -11,8 +11,9 @@ import os
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .locks import FolderLockedError, folder_locks
@@ -99,14 +100,15 @@ def world_locks(world: World, folders: list[Path]) -> Iterator[None]:
         yield
 
 
-def shard_bounds(tokens: list[int], chunk_size: int, parts: int) -> list[tuple[int, int]]:
+def shard_bounds(tokens: Sequence[int], chunk_size: int, parts: int) -> list[tuple[int, int]]:
     """Split rows 0..len(tokens) into ``parts`` contiguous [start, end) shards of about equal total
     tokens (the cost of a row's gradient grows with its length), cut only at multiples of
     ``chunk_size``: every process then computes exactly the chunks a single process would, so a
     sharded build writes the same bytes."""
     rows = len(tokens)
     cuts = list(range(0, rows, chunk_size)) + [rows]
-    chunk_tokens = [sum(tokens[a:b]) for a, b in zip(cuts, cuts[1:])]
+    tokens = np.asarray(tokens, dtype=np.int64)  # a 10M-row pool's total overflows int32
+    chunk_tokens = np.add.reduceat(tokens, cuts[:-1]).tolist() if rows else []
     total = sum(chunk_tokens)
     bounds, start, seen, k = [], 0, 0, 0
     for part in range(1, parts):

@@ -27,6 +27,7 @@ from .locks import folder_lock
 from .methods import METHODS, Bm25, Exact, FullPool, Fusion, Less, Pool, RandomSelection, Rds, SelectionMethod, Target
 from .methods.exact import run_encoder
 from .scoring import top_k
+from .store_index import ROWS_AT_ONCE
 from .training import Run
 
 @dataclass
@@ -138,9 +139,6 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
         _write(selection, method, pool, target, result.subtask)
         selections.append(selection)
     return selections
-
-
-ROWS_AT_ONCE = 65536  # rows of an output made at a time: a pool of millions never becomes millions of Python objects
 
 
 def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, subtasks: list[str] | None) -> None:

@@ -31,7 +31,7 @@ SCHEMA = pa.schema([("file", _CODED), ("line", pa.int32()), ("offset", pa.int64(
 COLUMNS = SCHEMA.names
 assert COLUMNS == [f.name for f in dataclasses.fields(ExampleRef)], "SCHEMA lists ExampleRef's fields in order"
 REPEATED = [f.name for f in SCHEMA if f.type == _CODED]
-_BATCH = 65536  # rows turned into ExampleRefs at a time while iterating
+ROWS_AT_ONCE = 65536  # rows held as Python objects at a time: a pool of millions never becomes millions of them
 
 
 def _values(column):
@@ -48,6 +48,12 @@ class StoreIndex(Sequence):
         if isinstance(refs, StoreIndex):
             return refs
         return cls(pa.table({f.name: pa.array([getattr(r, f.name) for r in refs], type=f.type) for f in SCHEMA}))
+
+    @classmethod
+    def concat(cls, parts: list["StoreIndex"]) -> "StoreIndex":
+        """The rows of ``parts`` one after the other, their chunks kept (joining them would copy the whole
+        index), with one dictionary per coded column."""
+        return cls(pa.concat_tables([p.table for p in parts]).unify_dictionaries())
 
     @classmethod
     def read(cls, store: Path) -> "StoreIndex":
@@ -81,8 +87,8 @@ class StoreIndex(Sequence):
         return self._refs(self.table.slice(which, 1))[0]
 
     def __iter__(self):
-        for start in range(0, len(self), _BATCH):
-            yield from self._refs(self.table.slice(start, _BATCH))
+        for start in range(0, len(self), ROWS_AT_ONCE):
+            yield from self._refs(self.table.slice(start, ROWS_AT_ONCE))
 
     def __eq__(self, other) -> bool:
         if isinstance(other, StoreIndex):  # by value: two dictionaries may list the same values in another order

@@ -354,3 +354,32 @@ def test_unreadable_parquet_or_json_file_is_a_data_error(tmp_path, tokenizer, na
     with pytest.raises(DataError) as info:
         index_examples([path], ChatEncoder(tokenizer, 64), skip_bad=True)  # a whole file is never skipped
     assert info.value.path == path and info.value.line == 0
+
+
+@pytest.mark.parametrize("colliding", [False, True])
+def test_an_index_made_in_small_blocks_equals_one_made_at_once(tmp_path, tokenizer, monkeypatch, colliding):
+    """index_examples assembles its columns a block of rows at a time: blocks of 2 rows over two files give
+    the index one block gives, and a duplicate id is still caught with its first file and line when
+    that first record sits in an earlier block and file, also when every id's hash is the same."""
+    from gradsift import store_index
+
+    first = write_jsonl(tmp_path / "a.jsonl", [{"prompt": f"p{k}", "completion": "c" * (k + 1), "id": f"i{k}",
+                                                "source": "s" if k % 2 else "t"} for k in range(5)])
+    second = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "q", "completion": "d", "id": "j0"},
+                                                 {"prompt": "q", "completion": "e", "id": "i1"},
+                                                 {"prompt": "q", "completion": "f", "id": "j2", "subtask": "u"}])
+    encoder = ChatEncoder(tokenizer, 64)
+    whole, whole_bad, _ = index_examples([first, second], encoder, skip_bad=True)
+    monkeypatch.setattr(store_index, "ROWS_AT_ONCE", 2)
+    if colliding:
+        monkeypatch.setattr(data, "hash", lambda id: 7, raising=False)
+    blocks, blocks_bad, files = index_examples([first, second], encoder, skip_bad=True)
+    assert blocks == whole and list(blocks) == list(whole) and blocks_bad == whole_bad
+    assert [r.id for r in blocks] == ["i0", "i1", "i2", "i3", "i4", "j0", "j2"] and files[1].records == 2
+    sources = blocks.table.column("source")  # one dictionary, not one per block
+    assert sources.num_chunks > 1 and all(c.dictionary.equals(sources.chunk(0).dictionary) for c in sources.chunks)
+    assert blocks.counts("source") == {"s": 2, "t": 3, "b": 2}
+    assert [(b.file, b.line) for b in blocks_bad] == [(str(second), 2)]
+    assert f"duplicate id 'i1' (first at {first}:2)" in blocks_bad[0].problem
+    with pytest.raises(DataError, match=re.escape(f"duplicate id 'i1' (first at {first}:2)")):
+        index_examples([first, second], encoder)
