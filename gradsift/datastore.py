@@ -52,8 +52,10 @@ def _scale_file(path: Path, checkpoint: str) -> Path:
     return Path(path) / "features" / f"{checkpoint}.scale.npy"
 
 
-def read_npy_rows(file: Path, start: int, stop: int | None) -> np.ndarray:
-    """Rows [start, stop) of a .npy file (C order), read into memory."""
+def read_npy_rows(file: Path, start: int, stop: int | None, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows [start, stop) of a .npy file (C order), read into memory: into the front of ``out`` (a
+    flat array of the file's dtype) when given, so a scan reuses its buffers instead of faulting in
+    fresh pages for every chunk."""
     with open(file, "rb") as f:
         version = np.lib.format.read_magic(f)
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -64,10 +66,14 @@ def read_npy_rows(file: Path, start: int, stop: int | None) -> np.ndarray:
         row = int(np.prod(shape[1:], dtype=np.int64))
         f.seek(start * row * dtype.itemsize, 1)
         count = max(0, stop - start) * row
-        out = np.fromfile(f, dtype=dtype, count=count)
-        if out.size != count:
+        if out is None:
+            rows = np.fromfile(f, dtype=dtype, count=count)
+        else:
+            rows = out[:count]
+            rows = rows[: f.readinto(memoryview(rows).cast("B")) // dtype.itemsize]
+        if rows.size != count:
             raise StoreMismatchError(f"{file}: ends before row {stop} (truncated?)")
-        return out.reshape((max(0, stop - start), *shape[1:]))
+        return rows.reshape((max(0, stop - start), *shape[1:]))
 
 
 def store_layout(path: Path, manifest: dict) -> list[tuple[Path, tuple, np.dtype]]:
@@ -166,17 +172,25 @@ class GradientStore:
         """Rows ``which`` (a slice or an index array) as float32 for scoring."""
         return self.decode(*self.stored_rows(checkpoint, which))
 
-    def stored_rows(self, checkpoint: str, which=slice(None)) -> tuple[np.ndarray, np.ndarray | None]:
+    def stored_rows(self, checkpoint: str, which=slice(None), into: tuple | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Rows ``which`` as stored, and their scales (None for float16): ``decode`` makes them float32.
         A slice is read from the file, not through a memory map: mapped pages stay in the process's
         resident memory until the kernel needs them, so scanning a large store that way looks like
-        holding all of it."""
+        holding all of it. ``into``: (rows, scales) buffers from ``row_buffers`` to read a slice into."""
         if isinstance(which, slice) and which.step in (None, 1):
-            read = lambda file: read_npy_rows(file, which.start or 0, which.stop)  # noqa: E731
+            rows_out, scales_out = into or (None, None)
+            read = lambda file, out: read_npy_rows(file, which.start or 0, which.stop, out)  # noqa: E731
         else:
-            read = lambda file: np.load(file, mmap_mode="r")[which]  # noqa: E731
-        scales = read(_scale_file(self.path, checkpoint)) if has_scale(self.dtype) else None
-        return read(_feature_file(self.path, checkpoint)), scales
+            rows_out = scales_out = None
+            read = lambda file, out: np.load(file, mmap_mode="r")[which]  # noqa: E731
+        scales = read(_scale_file(self.path, checkpoint), scales_out) if has_scale(self.dtype) else None
+        return read(_feature_file(self.path, checkpoint), rows_out), scales
+
+    def row_buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Flat (stored rows, scales) buffers that hold ``rows`` rows as stored, for ``stored_rows``."""
+        width = stored_shape(self.dtype, 1, self.manifest["projection"]["dim"])[1]
+        return (np.empty(rows * width, numpy_dtype(self.dtype)),
+                np.empty(rows, np.float32) if has_scale(self.dtype) else None)
 
     def decode(self, stored: np.ndarray, scales: np.ndarray | None, out=None) -> np.ndarray:
         return decode_rows(stored, scales, self.dtype, self.manifest["projection"]["dim"], out)

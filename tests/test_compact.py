@@ -137,8 +137,11 @@ def test_rows_read_from_the_file_equal_the_memory_mapped_ones(compact_stores, dt
     scales = pool.scales(name)
     mapped = lambda which: decode_rows(pool.features(name)[which], None if scales is None else scales[which],  # noqa: E731
                                        dtype, pool.manifest["projection"]["dim"])
+    buffers = pool.row_buffers(n)
     for which in (slice(None), slice(3, 11), slice(n - 2, n + 5), slice(n, None), slice(0, 0)):
         np.testing.assert_array_equal(pool.rows(name, which), mapped(which))  # bit for bit
+        # and read into reused buffers, as a scan does (dirty from the previous slice)
+        np.testing.assert_array_equal(pool.decode(*pool.stored_rows(name, which, buffers)), mapped(which))
     picks = np.array([n - 1, 0, 4])
     np.testing.assert_array_equal(pool.rows(name, picks), mapped(picks))
 
@@ -151,3 +154,5 @@ def test_a_truncated_feature_file_is_named(compact_stores, tmp_path):
         f.truncate(file.stat().st_size - 10)
     with pytest.raises(StoreMismatchError, match=r"cut\.npy: ends before row"):
         read_npy_rows(file, 0, None)
+    with pytest.raises(StoreMismatchError, match=r"cut\.npy: ends before row"):  # into a buffer too
+        read_npy_rows(file, 0, None, pool.row_buffers(len(pool.index))[0])

@@ -57,10 +57,15 @@ class Less(SimilarityMethod):
         n, dim = len(pool.refs), pool.store.manifest["projection"]["dim"]
         step = max(1, min(self.chunk_rows, CHUNK_BYTES // (4 * dim * len(names))))  # decoded rows are float32
 
-        def read(start: int) -> list[tuple]:
-            return [pool.store.stored_rows(c, slice(start, start + step)) for c in names]
+        # Every buffer is reused: two sets of stored rows (the chunk being decoded, the next one being
+        # read), one of decoded rows (a chunk is scored before the next is decoded).
+        stored_buffers = [[pool.store.row_buffers(min(step, n)) for _ in names] for _ in range(2)]
+        buffers = [torch.empty(min(step, n), dim) for _ in names]
 
-        buffers = [torch.empty(min(step, n), dim) for _ in names]  # reused: a chunk is scored before the next
+        def read(start: int) -> list[tuple]:
+            into = stored_buffers[(start // step) % 2]
+            return [pool.store.stored_rows(c, slice(start, start + step), b) for c, b in zip(names, into)]
+
         starts = range(0, n, step)
         # the next chunk is read from disk in a thread (a read lets go of the GIL) while this one is
         # decoded and scored on every core: the scan takes the longer of the two, not their sum
