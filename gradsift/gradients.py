@@ -12,7 +12,7 @@ it, so a caller that reduces it at once (Adam transform + projection) never hold
 
 Inside the context the LoRA factors are frozen and the input embeddings are made to require a gradient
 instead: the backward pass then computes only what reaches the hooks, not also autograd's batch-summed
-weight gradients, which no caller reads (about 3% of a backward pass at r=128).
+weight gradients, which no caller reads (with them a build cost 1.06x a training pass, without 1.00x).
 """
 
 from __future__ import annotations
