@@ -271,16 +271,22 @@ class GradientStore:
         self.manifest["checksums"] = checksums(self.path, self.stored_files())
         atomic_write_json(self.path / "manifest.json", self.manifest)
 
-    def _set_aside_non_finite_rows(self, chunk: int = 65536) -> None:
+    def _set_aside_non_finite_rows(self, chunk_bytes: int = 1 << 26) -> None:
         """Rows whose feature holds a NaN or infinity (a non-finite gradient) get status
         "non_finite_gradient" and become zero, so no score ever sees them. The index is rewritten before
         the rows are zeroed: a build killed in between finds the status already recorded."""
         found = set()
-        for checkpoint in self.checkpoints:  # compact rows keep a non-finite row's NaN in its scale
-            values = self.scales(checkpoint["name"]) if has_scale(self.dtype) else self.features(checkpoint["name"])
+        # Read into one buffer of chunk_bytes, not mapped (see stored_rows). Compact rows keep a
+        # non-finite row's NaN in its scale, float16 rows in the row.
+        dim, dtype = (1, np.float32) if has_scale(self.dtype) else (self.manifest["projection"]["dim"], np.float16)
+        chunk = max(1, chunk_bytes // (np.dtype(dtype).itemsize * dim))
+        buffer = np.empty(chunk * dim, dtype)
+        name_file = _scale_file if has_scale(self.dtype) else _feature_file
+        for checkpoint in self.checkpoints:
+            file = name_file(self.path, checkpoint["name"])
             for start in range(0, len(self.index), chunk):
-                block = np.asarray(values[start: start + chunk]).reshape(min(chunk, len(self.index) - start), -1)
-                found.update((start + np.flatnonzero(~np.isfinite(block).all(axis=1))).tolist())
+                block = read_npy_rows(file, start, start + chunk, buffer)
+                found.update((start + np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))).tolist())
         rows = sorted(found)
         if not self.index.column("non_finite_gradient")[rows].all():  # not yet recorded (a rerun finds it so)
             self.index = self.index.with_non_finite(rows)

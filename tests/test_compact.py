@@ -14,7 +14,7 @@ from test_store_and_select import data, pool_config, run, target_config  # noqa:
 
 from gradsift.build import build_together
 from gradsift.compact import decode_rows, encode_rows, sign_cosine
-from gradsift.datastore import read_npy_rows
+from gradsift.datastore import GradientStore, read_npy_rows
 from gradsift.errors import StoreMismatchError
 from gradsift.methods import Less, Pool, Target
 from gradsift.scoring import checkpoint_weights
@@ -156,3 +156,24 @@ def test_a_truncated_feature_file_is_named(compact_stores, tmp_path):
         read_npy_rows(file, 0, None)
     with pytest.raises(StoreMismatchError, match=r"cut\.npy: ends before row"):  # into a buffer too
         read_npy_rows(file, 0, None, pool.row_buffers(len(pool.index))[0])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", "bit"])
+def test_non_finite_rows_are_found_across_read_chunks(compact_stores, dtype, tmp_path):
+    """finish() reads the rows (or the scales) a chunk at a time into one buffer: rows poisoned in
+    the first, a middle and the last chunk, chunks of 2 rows, are all flagged and zeroed."""
+    shutil.copytree(compact_stores[0][dtype].path, tmp_path / "store")
+    store = GradientStore.open(tmp_path / "store")
+    n, poisoned = len(store.index), [0, 5, len(store.index) - 1]
+    for checkpoint in store.checkpoints[:1]:
+        values = store.scales(checkpoint["name"], mode="r+") if dtype != "float16" else \
+            store.features(checkpoint["name"], mode="r+")
+        values[poisoned] = np.nan
+        values.flush()
+    width = 4 if dtype != "float16" else 2 * store.manifest["projection"]["dim"]
+    store._set_aside_non_finite_rows(chunk_bytes=2 * width)
+    store = GradientStore.open(tmp_path / "store")
+    assert np.flatnonzero(store.index.column("non_finite_gradient")).tolist() == poisoned
+    for checkpoint in store.checkpoints:
+        rows = store.rows(checkpoint["name"])
+        assert np.isfinite(rows).all() and not rows[poisoned].any() and rows[[1, n - 2]].any()
