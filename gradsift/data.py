@@ -386,8 +386,8 @@ def index_examples(
         bad_before = len(bad)
         count = 0
         for ref, messages, problem in scan_file(path, skip_bad):
-            if problem is None and (first := seen.first_row(ref.id)) is not None:
-                first = ref_at(first)
+            if problem is None and (first_row := seen.first_row(ref.id)) is not None:
+                first = ref_at(first_row)
                 problem = BadRecord(str(path), ref.line, f"duplicate id {ref.id!r} (first at {first.file}:{first.line})")
                 if not skip_bad:
                     raise DataError(path, ref.line, problem.problem)

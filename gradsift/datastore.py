@@ -177,11 +177,10 @@ class GradientStore:
         A slice is read from the file, not through a memory map: mapped pages stay in the process's
         resident memory until the kernel needs them, so scanning a large store that way looks like
         holding all of it. ``into``: (rows, scales) buffers from ``row_buffers`` to read a slice into."""
+        rows_out, scales_out = into or (None, None)
         if isinstance(which, slice) and which.step in (None, 1):
-            rows_out, scales_out = into or (None, None)
             read = lambda file, out: read_npy_rows(file, which.start or 0, which.stop, out)  # noqa: E731
-        else:
-            rows_out = scales_out = None
+        else:  # picked rows: gathered from the map, no buffer
             read = lambda file, out: np.load(file, mmap_mode="r")[which]  # noqa: E731
         scales = read(_scale_file(self.path, checkpoint), scales_out) if has_scale(self.dtype) else None
         return read(_feature_file(self.path, checkpoint), rows_out), scales
@@ -278,12 +277,12 @@ class GradientStore:
         found = set()
         # Read into one buffer of chunk_bytes, not mapped (see stored_rows). Compact rows keep a
         # non-finite row's NaN in its scale, float16 rows in the row.
-        dim, dtype = (1, np.float32) if has_scale(self.dtype) else (self.manifest["projection"]["dim"], np.float16)
-        chunk = max(1, chunk_bytes // (np.dtype(dtype).itemsize * dim))
-        buffer = np.empty(chunk * dim, dtype)
-        name_file = _scale_file if has_scale(self.dtype) else _feature_file
+        file_of, width, dtype = ((_scale_file, 1, np.dtype(np.float32)) if has_scale(self.dtype) else
+                                 (_feature_file, self.manifest["projection"]["dim"], numpy_dtype(self.dtype)))
+        chunk = max(1, chunk_bytes // (dtype.itemsize * width))
+        buffer = np.empty(chunk * width, dtype)
         for checkpoint in self.checkpoints:
-            file = name_file(self.path, checkpoint["name"])
+            file = file_of(self.path, checkpoint["name"])
             for start in range(0, len(self.index), chunk):
                 block = read_npy_rows(file, start, start + chunk, buffer)
                 found.update((start + np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))).tolist())
