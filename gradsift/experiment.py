@@ -17,6 +17,7 @@ Config (YAML; paths relative to the file, globs allowed)::
     relevance: benchmark/relevance.json  # optional {target: [relevant pool ids]}: precision, recall, AUC
     methods: [fusion, less, {method: less, label: less-d1024, build: {dim: 1024}}, bm25, rds, random, exact,
               {method: less, label: less-answer, target_build: {response: answer}},  # target stores only
+              {method: less, label: less-r32, warmup: {lora_r: 32}},  # its own warmup run (run-<key>/)
               {method: full, seeds: [0]},      # seeds: this method's subset of the grid's seeds
               oracle]                          # the records `relevance` labels (needs it): a ceiling
     fractions: [0.05]
@@ -32,7 +33,7 @@ Config (YAML; paths relative to the file, globs allowed)::
 DIR gets ``results.csv`` (one row per cell: loss, accuracy, precision, recall, AUC, and ``length``, the
 selection's median length over the pool's), ``results.md`` (mean ± spread over seeds, best loss per
 target and model in bold), ``results.png`` (bar chart), ``experiment.json`` (the config it ran), and
-the stages' folders: ``run/``, ``stores/``, ``selections/``, ``train/``, ``eval/``.
+the stages' folders: ``run/`` (and ``run-<key>/`` per warmup override), ``stores/``, ``selections/``, ``train/``, ``eval/``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ STORE_METHODS = ("fusion", "less")  # methods that read gradient stores
 class MethodSpec:
     method: str
     label: str
+    warmup: dict = field(default_factory=dict)  # less, fusion, exact: WarmupConfig fields for this method's own run
     build: dict = field(default_factory=dict)  # less, fusion: BuildConfig fields (dim, projection, ...)
     target_build: dict = field(default_factory=dict)  # BuildConfig fields for the target stores only (response)
     select: dict = field(default_factory=dict)  # SelectConfig fields for this method only
@@ -182,6 +184,9 @@ def _check(config: ExperimentConfig, path: Path) -> None:
             raise ConfigError(f"{path}: unknown method {m.method!r}")
         if m.method == "oracle" and config.relevance is None:
             raise ConfigError(f"{path}: method {m.label!r} (oracle) selects the labelled records: it needs 'relevance'")
+        if m.warmup and m.method not in STORE_METHODS + ("exact",):
+            raise ConfigError(f"{path}: method {m.label!r} ({m.method}) takes no warmup: 'warmup' is for "
+                              f"{', '.join(STORE_METHODS + ('exact',))}")
         if m.seeds is not None and not set(m.seeds) <= set(config.seeds):
             raise ConfigError(f"{path}: method {m.label!r} seeds {m.seeds} are not all among the grid's seeds "
                               f"{config.seeds}")
@@ -189,6 +194,7 @@ def _check(config: ExperimentConfig, path: Path) -> None:
     stages = [(WarmupConfig, "warmup", config.warmup), (BuildConfig, "build", config.build),
               (SelectConfig, "select", config.select), (TrainConfig, "train", config.train),
               (EvaluateConfig, "evaluate", config.evaluate)]
+    stages += [(WarmupConfig, f"methods.{m.label}.warmup", m.warmup) for m in config.methods]
     stages += [(BuildConfig, f"methods.{m.label}.build", m.build) for m in config.methods]
     stages += [(BuildConfig, f"methods.{m.label}.target_build", m.target_build) for m in config.methods]
     stages += [(SelectConfig, f"methods.{m.label}.select", m.select) for m in config.methods]
@@ -221,15 +227,22 @@ class Experiment:
     # -- selection -------------------------------------------------------------------------------
     def _store_dirs(self, spec: MethodSpec) -> tuple[Path, dict[str, Path]]:
         settings = {**self.config.build, **spec.build}
-        folder = self.out / "stores" / f"{settings.get('projection', 'sparse')}-{settings.get('dim', 8192)}-{_key(settings)}"
+        key = _key(settings, self._warmup(spec)) if spec.warmup else _key(settings)  # the grid's run: as before
+        folder = self.out / "stores" / f"{settings.get('projection', 'sparse')}-{settings.get('dim', 8192)}-{key}"
         targets = folder / (f"targets-{_key(spec.target_build)}" if spec.target_build else "targets")
         return folder / "pool", {t.name: targets / t.name for t in self.config.targets}
 
-    def _run(self) -> Path:
-        """The warmup run (done at the first need; a finished one is returned as it is)."""
-        c, run = self.config, self.out / "run"
-        warmup(stage_config(WarmupConfig, "warmup", {"train": c.pool, **c.warmup}, model=c.model, output=run))
+    def _run(self, spec: MethodSpec) -> Path:
+        """The warmup run of a method: the grid's, or its own where it overrides warmup settings (done at
+        the first need; a finished one is returned as it is)."""
+        settings = self._warmup(spec)
+        run = self.out / (f"run-{_key(settings)}" if spec.warmup else "run")
+        warmup(stage_config(WarmupConfig, f"methods.{spec.label}.warmup" if spec.warmup else "warmup",
+                            {"train": self.config.pool, **settings}, model=self.config.model, output=run))
         return run
+
+    def _warmup(self, spec: MethodSpec) -> dict:
+        return {**self.config.warmup, **spec.warmup}
 
     def _stores(self, spec: MethodSpec) -> tuple[Path, dict[str, Path]]:
         """The warmup run, then the pool and target stores of a less method's build settings. Every less
@@ -238,9 +251,9 @@ class Experiment:
         if self._stores_built:  # each build call loads the model and tokenizes the pool, even when complete
             return self._store_dirs(spec)
         c = self.config
-        run = self._run()
         groups: dict[str, list[BuildConfig]] = {}
         for m in (m for m in c.methods if m.method in STORE_METHODS):
+            run = self._run(m)
             settings = {**c.build, **m.build}
             pool, targets = self._store_dirs(m)
             jobs = [stage_config(BuildConfig, f"{m.label}.build", settings, run=run, data=c.pool, output=pool)]
@@ -277,7 +290,7 @@ class Experiment:
             pool_store, target_stores = self._stores(spec)
             values |= {"train_store": pool_store, "target_store": [target_stores[t.name] for t in c.targets]}
         if spec.method == "exact":
-            values["run"] = self._run()
+            values["run"] = self._run(spec)
         config = stage_config(SelectConfig, f"{spec.label}.select", values, output=folder)
         method = make_method(config)
         if spec.method in STORE_METHODS:

@@ -7,6 +7,7 @@ import csv
 import json
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +51,8 @@ def bench(tmp_path_factory, tiny_model_dir):
                     {"method": "fusion", "build": {"dim": 256}, "seeds": [0]},
                     {"method": "less", "label": "less-answer", "build": {"dim": 256},
                      "target_build": {"response": "answer"}, "seeds": [0]}, {"method": "exact", "seeds": [0]},
+                    {"method": "less", "label": "less-r2", "build": {"dim": 256}, "warmup": {"lora_r": 2, "lora_alpha": 4},
+                     "seeds": [0]},
                     {"method": "oracle", "seeds": [0]}],
         "fractions": [0.1],
         "seeds": [0, 1],
@@ -78,14 +81,16 @@ def finished(bench):
 def test_every_cell_has_a_row(finished):
     out, rows = finished
     methods = {"base", "random", "bm25", "full", "less-d256", "less-d512", "rds", "fusion", "less-answer", "exact",
-               "oracle"}
+               "less-r2", "oracle"}
     assert {r["method"] for r in rows} == methods
-    # 2 targets x (base x 2 models + 5 methods x 2 seeds + full, fusion, less-answer, exact, oracle at seed 0
-    # only + transfer random x 2 seeds)
-    assert len(rows) == 2 * (2 + 2 * 5 + 5 + 2)
+    # 2 targets x (base x 2 models + 5 methods x 2 seeds + full, fusion, less-answer, exact, less-r2, oracle at
+    # seed 0 only + transfer random x 2 seeds)
+    assert len(rows) == 2 * (2 + 2 * 5 + 6 + 2)
     # the two less dims share one gradient pass: one warmup, and stores of both dims from it; fusion reads
-    # the 256-dim stores, and less-answer the same pool store with target stores of its own
-    stores = sorted(p.name for p in (out / "stores").iterdir())
+    # the 256-dim stores, and less-answer the same pool store with target stores of its own; less-r2 has
+    # its own warmup, so stores of its own
+    grid = {s for s in (out / "stores").iterdir() if _store_run(s / "pool") == _run_id(out / "run")}
+    stores = sorted(p.name for p in grid)
     assert len(stores) == 2 and stores[0].startswith("sparse-256") and stores[1].startswith("sparse-512")
     assert sorted(p.name.split("-")[0] for p in (out / "stores" / stores[0]).iterdir()) == ["pool", "targets", "targets"]
     answer = next(p for p in (out / "stores" / stores[0]).iterdir() if p.name.startswith("targets-"))
@@ -97,6 +102,34 @@ def test_every_cell_has_a_row(finished):
     full = [r for r in rows if r["method"] == "full"]
     assert {r["selected"] for r in full} == {"40"} and {r["fraction"] for r in full} == {"1"}
     assert {r["seed"] for r in full} == {"0"}
+
+
+def _run_id(run) -> str:
+    return json.loads((run / "run.json").read_text())["id"]
+
+
+def _store_run(store) -> str:
+    return json.loads((store / "manifest.json").read_text())["run"]
+
+
+def test_a_method_with_its_own_warmup_has_its_own_run_and_stores(finished):
+    out, rows = finished
+    runs = {p.name: json.loads((p / "run.json").read_text()) for p in out.glob("run*")}
+    assert len(runs) == 2 and runs["run"]["config"]["lora_r"] == 4
+    own = next(meta for name, meta in runs.items() if name != "run")
+    # the override, over the grid's other warmup settings
+    assert own["config"]["lora_r"] == 2 and own["config"]["lora_alpha"] == 4
+    assert {k: v for k, v in own["config"].items() if k not in ("lora_r", "lora_alpha", "output")} == \
+        {k: v for k, v in runs["run"]["config"].items() if k not in ("lora_r", "lora_alpha", "output")}
+    row = next(r for r in rows if r["method"] == "less-r2")
+    summary = json.loads((out / row["selection"] / "summary.json").read_text())
+    assert _store_run(Path(summary["pool_store"])) == own["id"]
+    assert _store_run(Path(summary["target_store"])) == own["id"]
+    # LoRA rank 2 has half the parameters of rank 4: its gradients are other features, not a copy
+    grid = next(r for r in rows if r["method"] == "less-d256")
+    grid_store = json.loads((out / grid["selection"] / "summary.json").read_text())["pool_store"]
+    count = lambda store: json.loads((Path(store) / "manifest.json").read_text())["parameters"]["count"]  # noqa: E731
+    assert count(summary["pool_store"]) * 2 == count(grid_store)
 
 
 def test_training_changes_the_loss_and_identical_selections_train_once(finished):
@@ -220,7 +253,9 @@ def test_config_errors_name_the_problem(bench, tmp_path):
                             ({"methods": [{"method": "bm25", "bogus": 1}]}, r"methods.bm25: unknown keys \['bogus'\]"),
                             ({"fractions": "x"}, "fractions: expected list of float"),
                             ({"warmup": {"epochs": "two"}}, "warmup.epochs: expected int, got 'two'"),
-                            ({"methods": [{"method": "less", "build": {"dimm": 3}}]}, r"methods.less.build: unknown keys")]:
+                            ({"methods": [{"method": "less", "build": {"dimm": 3}}]}, r"methods.less.build: unknown keys"),
+                            ({"methods": [{"method": "less", "warmup": {"epochz": 3}}]}, r"methods.less.warmup: unknown keys"),
+                            ({"methods": [{"method": "bm25", "warmup": {"epochs": 3}}]}, "bm25.*takes no warmup")]:
         bad = root / "bad.yaml"
         bad.write_text(yaml.safe_dump({**raw, **change}))
         with pytest.raises(ConfigError, match=message):
