@@ -68,6 +68,7 @@ RESULT_COLUMNS = ["target", "method", "model", "fraction", "seed", "selected", "
                   "recall", "auc", "length", "selection", "evaluation"]
 SEEDLESS = ("fusion", "less", "exact", "bm25", "rds", "full", "oracle")  # selections that do not depend on the seed
 STORE_METHODS = ("fusion", "less")  # methods that read gradient stores
+WARMUP_METHODS = STORE_METHODS + ("exact",)  # methods that read a warmup run
 
 
 @dataclass
@@ -184,9 +185,9 @@ def _check(config: ExperimentConfig, path: Path) -> None:
             raise ConfigError(f"{path}: unknown method {m.method!r}")
         if m.method == "oracle" and config.relevance is None:
             raise ConfigError(f"{path}: method {m.label!r} (oracle) selects the labelled records: it needs 'relevance'")
-        if m.warmup and m.method not in STORE_METHODS + ("exact",):
+        if m.warmup and m.method not in WARMUP_METHODS:
             raise ConfigError(f"{path}: method {m.label!r} ({m.method}) takes no warmup: 'warmup' is for "
-                              f"{', '.join(STORE_METHODS + ('exact',))}")
+                              f"{', '.join(WARMUP_METHODS)}")
         if m.seeds is not None and not set(m.seeds) <= set(config.seeds):
             raise ConfigError(f"{path}: method {m.label!r} seeds {m.seeds} are not all among the grid's seeds "
                               f"{config.seeds}")
