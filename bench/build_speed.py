@@ -44,24 +44,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
+from memory import peak_rss_gib
 from peft import set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from gradsift.build import BuildConfig, build
-from gradsift.compact import DTYPES, decode_rows, encode_rows, has_scale, numpy_dtype, sign_cosine, stored_shape
-from gradsift.data import ChatEncoder, collate, encode_refs, index_examples, per_example_loss, read_records
 from gradsift.benchmark import build_benchmark
-from gradsift.features import normalize_rows
-from gradsift.files import atomic_write_bytes
-from gradsift.gradients import PerExampleGradients
-from gradsift.methods import subtask_of
-from gradsift.models import load_model, pick_device
-from gradsift.projection import PROJECTORS, make_projector
-from gradsift.scoring import aggregate, top_k
-from gradsift.training import Run, lora_parameters
-from gradsift.warmup import WarmupConfig, warmup
-from memory import peak_rss_gib
+from gradsift.config import BuildConfig, WarmupConfig
+from gradsift.data.chat import ChatEncoder, collate, encode_refs, per_example_loss
+from gradsift.data.index import index_examples
+from gradsift.data.records import read_records
+from gradsift.features.adam import normalize_rows
+from gradsift.features.build import build
+from gradsift.features.gradients import PerExampleGradients
+from gradsift.features.projection import PROJECTORS, make_projector
+from gradsift.selection.methods import subtask_of
+from gradsift.selection.scoring import aggregate, top_k
+from gradsift.store.compact import DTYPES, decode_rows, encode_rows, has_scale, numpy_dtype, sign_cosine, stored_shape
+from gradsift.training.run import Run, lora_parameters
+from gradsift.training.warmup import warmup
+from gradsift.utils.files import atomic_write_bytes
+from gradsift.utils.models import load_model, pick_device
 
 
 def prepare(args) -> None:

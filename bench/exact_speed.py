@@ -28,15 +28,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from build_speed import bench_data, child, prepare, report, run_record, run_variant, speed_file, usable
-from gradsift.data import ChatEncoder, read_records
-from gradsift.files import atomic_write_bytes
-from gradsift.methods import exact
-from gradsift.methods.exact import run_encoder
-from gradsift.models import load_tokenizer, pick_device
-from gradsift.select import SelectConfig, select
-from gradsift.training import Run
+
+from gradsift.config import SelectConfig
+from gradsift.data.chat import ChatEncoder
+from gradsift.data.records import read_records
+from gradsift.selection.methods import exact
+from gradsift.selection.methods.exact import run_encoder
+from gradsift.selection.select import select
+from gradsift.training.run import Run
+from gradsift.utils.files import atomic_write_bytes
+from gradsift.utils.models import load_tokenizer, pick_device
 
 
 def target_file(args) -> Path:

@@ -37,7 +37,6 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-
 from memory import peak_rss_gib
 
 CHECKPOINTS = ["checkpoint-1", "checkpoint-2"]
@@ -51,7 +50,7 @@ def synthetic_index(rows: int, pool: Path, subtasks: int = 0):
     ExampleRef); the files hold the records (a selection copies the chosen ones out of them)."""
     import pyarrow as pa
 
-    from gradsift.store_index import StoreIndex
+    from gradsift.data.index import StoreIndex
 
     n = np.arange(rows)
     names = [str(pool / f"part-{k:03d}.jsonl") for k in range(100)]
@@ -78,7 +77,7 @@ def write_pool_files(rows: int, pool: Path) -> None:
 def write_store(path: Path, rows: int, dim: int, dtype: str, seed: int, gradient: str, pool: Path,
                 subtasks: int = 0) -> None:
     """A complete store, written in blocks of unit rows through GradientStore's own writer."""
-    from gradsift.datastore import GradientStore
+    from gradsift.store.datastore import GradientStore
 
     manifest = {"model": {"name": "synthetic", "fingerprint": "0"}, "run": "synthetic",
                 "checkpoints": [{"name": c, "step": k + 1, "lr": 1.0, "weight": 0.5} for k, c in enumerate(CHECKPOINTS)],
@@ -134,7 +133,8 @@ def step_read(store: Path) -> dict:
 
 
 def step_select(store: Path, target: Path, out: Path) -> dict:
-    from gradsift.select import SelectConfig, select
+    from gradsift.config import SelectConfig
+    from gradsift.selection.select import select
 
     evict(feature_files(store))
     start = time.perf_counter()
@@ -152,7 +152,7 @@ def step_write_index(rows: int, folder: Path) -> dict:
 
 
 def step_read_index(folder: Path) -> dict:
-    from gradsift.store_index import StoreIndex
+    from gradsift.data.index import StoreIndex
 
     start = time.perf_counter()
     index = StoreIndex.read(folder)
@@ -162,7 +162,7 @@ def step_read_index(folder: Path) -> dict:
 
 
 def step_index_pool(records: Path) -> dict:
-    from gradsift.data import index_examples
+    from gradsift.data.index import index_examples
 
     start = time.perf_counter()
     index, bad, _ = index_examples(sorted(records.glob("*.jsonl")), None)

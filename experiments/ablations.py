@@ -1,7 +1,7 @@
 """Ablations computed from an experiment's own files, with no model run: the fusion's rule (which
 methods to fuse, and how), and transforms of LESS's stored features (centring, whitening).
 
-A fused selection is a function of its members' scores alone (``gradsift.scoring.fuse_ranks``), and
+A fused selection is a function of its members' scores alone (``gradsift.selection.scoring.fuse_ranks``), and
 every selection's scores.csv holds every pool row's score. So each rule's precision and AUC of the
 relevant records follow from the less, bm25 and rds selections of an experiment, with no model run:
 
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from gradsift.benchmark import RESTATED_SUFFIX
-from gradsift.datastore import GradientStore
-from gradsift.files import atomic_write_bytes
-from gradsift.methods import Target
-from gradsift.scoring import fuse_ranks, relevance_auc, subtask_mean_rows, top_k
+from gradsift.selection.methods import Target
+from gradsift.selection.scoring import fuse_ranks, relevance_auc, subtask_mean_rows, top_k
+from gradsift.store.datastore import GradientStore
+from gradsift.utils.files import atomic_write_bytes
 
 MEMBERS = ("less", "bm25", "rds")
 RULES = ("median", "mean", "rrf")

@@ -8,7 +8,7 @@ alpha 32, lr 2e-4, batch 8, max length 256, on the whole file) once on ``--recor
 target's relevant pool records and once on as many random pool records relevant to no target, then
 measure on the target's test set, for the base model and each adapter (the last checkpoint's):
 
-- ``loss``: mean over test items of the mean next-token loss on the answer (gradsift.data);
+- ``loss``: mean over test items of the mean next-token loss on the answer (gradsift.data.chat);
 - ``choice_acc``: for items with ``choices``, how often the choice with the highest total
   log-likelihood is the answer;
 - ``exact``: for items with short answers (at most 24 tokens), how often the greedy generation
@@ -37,10 +37,11 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from gradsift.data import IGNORE_INDEX, ChatEncoder, collate, per_example_loss  # noqa: E402
-from gradsift.files import atomic_write_json  # noqa: E402
-from gradsift.models import cache_dir, load_model  # noqa: E402
-from gradsift.warmup import Run, WarmupConfig, warmup  # noqa: E402
+from gradsift.config import WarmupConfig  # noqa: E402
+from gradsift.data.chat import IGNORE_INDEX, ChatEncoder, collate, per_example_loss  # noqa: E402
+from gradsift.training.warmup import Run, warmup
+from gradsift.utils.files import atomic_write_json  # noqa: E402
+from gradsift.utils.models import cache_dir, load_model  # noqa: E402
 
 MODEL = "smollm2-135m"
 EVAL_MAX_LENGTH = 512  # long enough for every test item: no answer is cut

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from gradsift.experiment import Experiment, load_experiment
-from gradsift.files import atomic_write_bytes
+from gradsift.utils.files import atomic_write_bytes
 
 
 def fewshot_losses(config_path: Path, output: Path, methods: list[str] | None) -> list[dict]:

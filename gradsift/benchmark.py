@@ -42,8 +42,8 @@ from typing import Callable, Iterator
 
 import yaml
 
-from .errors import GradsiftError
-from .files import atomic_write_json, atomic_write_jsonl, file_sha256
+from gradsift.utils.errors import GradsiftError
+from gradsift.utils.files import atomic_write_json, atomic_write_jsonl, file_sha256
 
 FORMAT_VERSION = 1
 # Versions known to hold the files below; only used to say what to install.

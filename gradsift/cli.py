@@ -7,13 +7,13 @@ import argparse
 import dataclasses
 import os
 import sys
-import warnings
 import types
 import typing
+import warnings
 from pathlib import Path
 
-from . import __version__
-from .errors import GradsiftError
+from gradsift import __version__
+from gradsift.utils.errors import GradsiftError
 
 
 def _flag(name: str) -> str:
@@ -50,7 +50,7 @@ def _config(cls, args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import BuildConfig, EvaluateConfig, SelectConfig, TrainConfig, WarmupConfig
+    from gradsift.config import BuildConfig, EvaluateConfig, SelectConfig, TrainConfig, WarmupConfig
 
     parser = argparse.ArgumentParser(prog="gradsift", description="Select the training data that most helps a "
                                      "target capability, with LESS gradient features.")
@@ -124,48 +124,48 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libraries()
     try:
         if args.command == "warmup":
-            from .warmup import warmup
+            from gradsift.training.warmup import warmup
 
             run = warmup(_config(args.config_class, args))
             print(f"run: {run.path} ({len(run.checkpoints)} checkpoints, LRs "
                   f"{', '.join(f'{c.lr:.3g}' for c in run.checkpoints)})")
         elif args.command == "build":
-            from .build import build
+            from gradsift.features.build import build
 
             store = build(_config(args.config_class, args))
             print(f"store: {store.path} ({len(store.index)} rows x {store.manifest['projection']['dim']} dims, "
                   f"{len(store.checkpoints)} checkpoints)")
         elif args.command == "select":
-            from .report import print_selection
-            from .select import select
+            from gradsift.report import print_selection
+            from gradsift.selection.select import select
 
             for selection in select(_config(args.config_class, args)):
                 print_selection(selection)
         elif args.command == "train":
-            from .train import train
+            from gradsift.training.train import train
 
             run = train(_config(args.config_class, args))
             print(f"trained: {run.path} ({len(run.checkpoints)} epochs; final "
                   f"{'model' if run.full else 'adapter'} in {run.path})")
         elif args.command == "evaluate":
-            from .evaluate import evaluate
+            from gradsift.evaluation.evaluate import evaluate
 
             summary = evaluate(_config(args.config_class, args))
             accuracy = "n/a" if summary["accuracy"] is None else f"{summary['accuracy']:.3f}"
             loss = "n/a" if summary["loss"] is None else f"{summary['loss']:.4f}"
             print(f"evaluated {summary['examples']} examples: loss {loss}, accuracy {accuracy} -> {args.output}")
         elif args.command == "experiment":
-            from .experiment import load_experiment, run_experiment
+            from gradsift.experiment import load_experiment, run_experiment
 
             run_experiment(load_experiment(args.config), args.output)
             print((args.output / "results.md").read_text())
             print(f"results: {args.output}/results.csv, results.md, results.png")
         elif args.command == "report":
-            from .report import write_report
+            from gradsift.report import write_report
 
             print(f"report: {write_report(args.dir)}")
         elif args.command == "inspect":
-            from .inspection import inspect, print_inspection
+            from gradsift.inspection import inspect, print_inspection
 
             found = inspect(args.path, args.verify)
             print_inspection(found[0])
@@ -178,13 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                       + (f" (in {len(found)} folders)" if len(found) > 1 else ""))
             return 1 if problems else 0
         elif args.command == "run":
-            from .pipeline import load_pipeline, run_pipeline
-            from .report import print_selection
+            from gradsift.pipeline import load_pipeline, run_pipeline
+            from gradsift.report import print_selection
 
             for selection in run_pipeline(load_pipeline(args.config)):
                 print_selection(selection)
         elif args.command == "demo":
-            from .demo import demo
+            from gradsift.demo import demo
 
             demo(args.output)
     except GradsiftError as e:

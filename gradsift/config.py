@@ -5,18 +5,24 @@ and configuration checks answer at once; each stage module re-exports its own co
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .files import file_sha256, require_data_file
+import yaml
 
-AdamForm = Literal["corrected", "less"]  # gradsift.features.adam_update
-ProjectionKind = Literal["dense", "sparse", "kronecker"]  # gradsift.projection.PROJECTORS
-Aggregate = Literal["subtask-mean-max", "mean", "max", "round-robin"]  # gradsift.scoring.aggregate, round_robin
-StoreDtype = Literal["float16", "int8", "bit"]  # gradsift.compact
-Response = Literal["full", "answer", "answer-only"]  # gradsift.data.ChatEncoder
-Fuse = Literal["median", "mean", "rrf"]  # gradsift.scoring.fuse_ranks
+from gradsift.utils.errors import ConfigError
+from gradsift.utils.files import file_sha256, require_data_file
+
+AdamForm = Literal["corrected", "less"]  # gradsift.features.adam.adam_update
+ProjectionKind = Literal["dense", "sparse", "kronecker"]  # gradsift.features.projection.PROJECTORS
+Aggregate = Literal["subtask-mean-max", "mean", "max", "round-robin"]  # gradsift.selection.scoring.aggregate, round_robin
+StoreDtype = Literal["float16", "int8", "bit"]  # gradsift.store.compact
+Response = Literal["full", "answer", "answer-only"]  # gradsift.data.chat.ChatEncoder
+Fuse = Literal["median", "mean", "rrf"]  # gradsift.selection.scoring.fuse_ranks
 MethodName = Literal["fusion", "less", "exact", "random", "bm25", "rds", "full"]  # gradsift.methods.METHODS
 
 
@@ -156,3 +162,74 @@ class EvaluateConfig:
     skip_bad_records: bool = field(default=False, metadata={
         "help": "skip malformed records (counted) instead of failing"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+
+
+# -- config files (YAML): a stage's settings checked before any work ------------------------------------
+def stage_config(cls, stage: str, values: dict, **fixed):
+    """A stage's typed config from YAML values plus ``fixed`` ones; unknown keys or wrong fields are a
+    ConfigError naming the stage (path lists become Paths)."""
+    check_stage_values(cls, stage, values, fixed)
+    hints = typing.get_type_hints(cls)
+    values = {k: ([Path(p) for p in v] if hints[k] == list[Path] and v is not None else v) for k, v in values.items()}
+    try:
+        return cls(**{**values, **fixed})
+    except TypeError as e:
+        raise ConfigError(f"{stage}: {e}") from None
+
+
+def check_stage_values(cls, stage: str, values: dict, fixed=()) -> None:
+    """Unknown keys and values of the wrong type in a stage's YAML mapping are a ConfigError naming them."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{stage}: expected a mapping of {cls.__name__} fields, got {values!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"{stage}: unknown keys {sorted(unknown)}; known: {sorted(names - set(fixed))}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if not has_type(value, hints[key]):
+            raise ConfigError(f"{stage}.{key}: expected {type_name(hints[key])}, got {value!r}")
+
+
+def has_type(value, hint) -> bool:
+    """Whether a YAML value fits a config field's type (ints pass as floats, strings as paths)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(has_type(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, list) and all(has_type(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is Path:
+        return isinstance(value, (str, Path))
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def type_name(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is list:
+        return f"list of {type_name(args[0])}"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def read_yaml_mapping(path: Path) -> dict:
+    """A YAML config file's top-level mapping; an unreadable file or another shape is a ConfigError."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw

@@ -18,9 +18,9 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from .benchmark import build_benchmark
-from .experiment import load_experiment, run_experiment, summarize
-from .report import write_report
+from gradsift.benchmark import build_benchmark
+from gradsift.experiment import load_experiment, run_experiment, summarize
+from gradsift.report import write_report
 
 DEMO_TARGET = "quantity_comparison"  # yes/no by comparing numbers: accuracy can move, not only loss
 # Settings sized for 2 CPU cores (the paper's r=128, 4 epochs and 2048 tokens are the CLI defaults).

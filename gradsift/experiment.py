@@ -52,17 +52,28 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .build import PROJECTION_SETTINGS, BuildConfig, build_together
-from .errors import ConfigError
-from .evaluate import EvaluateConfig, evaluate
-from .files import atomic_write_bytes, atomic_write_json, read_json
-from .locks import folder_lock
-from .methods import Oracle, Pool, Target
-from .pipeline import check_stage_values, has_type, read_yaml_mapping, stage_config, type_name
-from .scoring import relevance_auc
-from .select import SelectConfig, load_inputs, make_method, records_encoder, run_selection
-from .train import TrainConfig, train
-from .warmup import WarmupConfig, warmup
+from gradsift.config import (
+    BuildConfig,
+    EvaluateConfig,
+    SelectConfig,
+    TrainConfig,
+    WarmupConfig,
+    check_stage_values,
+    has_type,
+    read_yaml_mapping,
+    stage_config,
+    type_name,
+)
+from gradsift.evaluation.evaluate import evaluate
+from gradsift.features.build import PROJECTION_SETTINGS, build_together
+from gradsift.selection.methods import Oracle, Pool, Target
+from gradsift.selection.scoring import relevance_auc
+from gradsift.selection.select import load_inputs, make_method, records_encoder, run_selection
+from gradsift.training.train import train
+from gradsift.training.warmup import warmup
+from gradsift.utils.errors import ConfigError
+from gradsift.utils.files import atomic_write_bytes, atomic_write_json, read_json
+from gradsift.utils.locks import folder_lock
 
 RESULT_COLUMNS = ["target", "method", "model", "fraction", "seed", "selected", "loss", "accuracy", "precision",
                   "recall", "auc", "length", "selection", "evaluation"]

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
-from .files import file_sha256, read_json
+from gradsift.utils.errors import ConfigError
+from gradsift.utils.files import file_sha256, read_json
 
 
 @dataclass
@@ -108,7 +108,7 @@ def _size(path: Path) -> str:
 
 # -- one inspector per kind ------------------------------------------------------------------------
 def _store(found: Inspection, verify: bool) -> None:
-    from .datastore import layout_problems
+    from gradsift.store.datastore import layout_problems
 
     path = found.path
     manifest = read_json(path / "manifest.json")

@@ -16,18 +16,20 @@ already complete with the same settings, so re-running after an interruption fin
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .build import BuildConfig, build
-from .errors import ConfigError
-from .select import SelectConfig, Selection, select
-from .warmup import WarmupConfig, warmup
+from gradsift.config import (
+    BuildConfig,
+    SelectConfig,
+    WarmupConfig,
+    read_yaml_mapping,
+    stage_config,
+)
+from gradsift.features.build import build
+from gradsift.selection.select import Selection, select
+from gradsift.training.warmup import warmup
+from gradsift.utils.errors import ConfigError
 
 
 @dataclass
@@ -71,76 +73,6 @@ class PipelineConfig:
 def _shared_projection(pool: dict) -> dict:
     """Targets must be projected like the pool: inherit its projection settings."""
     return {k: pool[k] for k in ("projection", "dim", "seed", "max_length", "device") if k in pool}
-
-
-def stage_config(cls, stage: str, values: dict, **fixed):
-    """A stage's typed config from YAML values plus ``fixed`` ones; unknown keys or wrong fields are a
-    ConfigError naming the stage (path lists become Paths)."""
-    check_stage_values(cls, stage, values, fixed)
-    hints = typing.get_type_hints(cls)
-    values = {k: ([Path(p) for p in v] if hints[k] == list[Path] and v is not None else v) for k, v in values.items()}
-    try:
-        return cls(**{**values, **fixed})
-    except TypeError as e:
-        raise ConfigError(f"{stage}: {e}") from None
-
-
-def check_stage_values(cls, stage: str, values: dict, fixed=()) -> None:
-    """Unknown keys and values of the wrong type in a stage's YAML mapping are a ConfigError naming them."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{stage}: expected a mapping of {cls.__name__} fields, got {values!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"{stage}: unknown keys {sorted(unknown)}; known: {sorted(names - set(fixed))}")
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        if not has_type(value, hints[key]):
-            raise ConfigError(f"{stage}.{key}: expected {type_name(hints[key])}, got {value!r}")
-
-
-def has_type(value, hint) -> bool:
-    """Whether a YAML value fits a config field's type (ints pass as floats, strings as paths)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(has_type(value, a) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if origin is list:
-        return isinstance(value, list) and all(has_type(v, args[0]) for v in value)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is Path:
-        return isinstance(value, (str, Path))
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def type_name(hint) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(type_name(a) for a in args)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(map(repr, args))
-    if origin is list:
-        return f"list of {type_name(args[0])}"
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
-
-
-def read_yaml_mapping(path: Path) -> dict:
-    """A YAML config file's top-level mapping; an unreadable file or another shape is a ConfigError."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return raw
 
 
 def load_pipeline(path: Path) -> PipelineConfig:

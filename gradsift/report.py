@@ -27,9 +27,9 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .errors import ConfigError, GradsiftError
-from .files import atomic_write_bytes, read_json
+from gradsift import __version__
+from gradsift.utils.errors import ConfigError, GradsiftError
+from gradsift.utils.files import atomic_write_bytes, read_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,7 +48,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # --- console ---------------------------------------------------------------------------------------
 
 def _preview(raw: str, width: int = 110) -> str:
-    from .data import to_messages
+    from gradsift.data.records import to_messages
 
     messages = to_messages(json.loads(raw))
     user = next((m["content"] for m in messages if m["role"] == "user"), messages[0]["content"])
@@ -181,7 +181,7 @@ def read_scores(path: Path) -> tuple[list[PoolRow], list[str]]:
 
 def _parse_record(raw: str) -> tuple[dict, list[dict] | None]:
     """(the record, its messages); ({}, None) for what is not a record of a known format."""
-    from .data import to_messages
+    from gradsift.data.records import to_messages
 
     try:
         record = json.loads(raw)
@@ -249,7 +249,7 @@ def _read_selected(path: Path, ordered: list[PoolRow], notes: list[str]) -> list
 def read_targets(files: list[str], base: Path, notes: list[str]) -> list[Example]:
     """The target's examples from its records files; a record without ``subtask`` belongs to the
     subtask named after its file's stem. A file that is gone is noted, not fatal."""
-    from .data import scan_file
+    from gradsift.data.records import scan_file
 
     out = []
     for name in files:

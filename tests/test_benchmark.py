@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import gradsift.benchmark as bb
-from gradsift.errors import GradsiftError
+from gradsift.utils.errors import GradsiftError
 
 ROOT = Path(__file__).resolve().parents[1]
 

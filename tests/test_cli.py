@@ -10,12 +10,10 @@ import sys
 
 import pytest
 import yaml
+from conftest import chat_records, write_jsonl
 
 from gradsift.cli import build_parser, main
 from gradsift.pipeline import load_pipeline
-
-from conftest import chat_records, write_jsonl
-
 
 COMMANDS = ("warmup", "build", "select", "train", "evaluate", "experiment", "report", "inspect", "run", "demo")
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from test_store_and_select import data, pool_config, run, target_config  # noqa: F401  (fixtures)
 
-from gradsift.build import build_together
-from gradsift.compact import decode_rows, encode_rows, sign_cosine
-from gradsift.datastore import GradientStore, read_npy_rows
-from gradsift.errors import StoreMismatchError
-from gradsift.methods import Less, Pool, Target
-from gradsift.scoring import checkpoint_weights
+from gradsift.features.build import build_together
+from gradsift.selection.methods import Less, Pool, Target
+from gradsift.selection.scoring import checkpoint_weights
+from gradsift.store.compact import decode_rows, encode_rows, sign_cosine
+from gradsift.store.datastore import GradientStore, read_npy_rows
+from gradsift.utils.errors import StoreMismatchError
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -16,7 +16,7 @@ import pytest
 from conftest import chat_records, write_jsonl
 
 from gradsift.cli import main
-from gradsift.faults import STOP_ENV
+from gradsift.utils.faults import STOP_ENV
 
 SMALL = ["--lora-r", "4", "--lora-alpha", "8", "--batch-size", "4", "--max-length", "48", "--device", "cpu"]
 

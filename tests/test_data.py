@@ -11,21 +11,12 @@ import torch
 from conftest import write_jsonl, write_parquet
 from transformers import AutoTokenizer
 
-from gradsift import data
-from gradsift.data import (
-    FALLBACK_CHAT_TEMPLATE,
-    IGNORE_INDEX,
-    ChatEncoder,
-    collate,
-    final_answer_start,
-    index_examples,
-    read_messages,
-    read_record_bytes,
-    read_records,
-    scan_file,
-    to_messages,
-)
-from gradsift.errors import DataError
+from gradsift.data import records as data
+from gradsift.data.answers import final_answer_start
+from gradsift.data.chat import FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX, ChatEncoder, collate
+from gradsift.data.index import index_examples
+from gradsift.data.records import read_messages, read_record_bytes, read_records, scan_file, to_messages
+from gradsift.utils.errors import DataError
 
 
 @pytest.fixture
@@ -361,7 +352,7 @@ def test_an_index_made_in_small_blocks_equals_one_made_at_once(tmp_path, tokeniz
     """index_examples assembles its columns a block of rows at a time: blocks of 2 rows over two files give
     the index one block gives, and a duplicate id is still caught with its first file and line when
     that first record sits in an earlier block and file, also when every id's hash is the same."""
-    from gradsift import store_index
+    from gradsift.data import index as store_index
 
     first = write_jsonl(tmp_path / "a.jsonl", [{"prompt": f"p{k}", "completion": "c" * (k + 1), "id": f"i{k}",
                                                 "source": "s" if k % 2 else "t"} for k in range(5)])
@@ -372,7 +363,7 @@ def test_an_index_made_in_small_blocks_equals_one_made_at_once(tmp_path, tokeniz
     whole, whole_bad, _ = index_examples([first, second], encoder, skip_bad=True)
     monkeypatch.setattr(store_index, "ROWS_AT_ONCE", 2)
     if colliding:
-        monkeypatch.setattr(data, "hash", lambda id: 7, raising=False)
+        monkeypatch.setattr(store_index, "hash", lambda id: 7, raising=False)
     blocks, blocks_bad, files = index_examples([first, second], encoder, skip_bad=True)
     assert blocks == whole and list(blocks) == list(whole) and blocks_bad == whole_bad
     assert [r.id for r in blocks] == ["i0", "i1", "i2", "i3", "i4", "j0", "j2"] and files[1].records == 2

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from test_crash import SMALL, contents
 
 from gradsift.cli import main
-from gradsift.distributed import shard_bounds
-from gradsift.faults import STOP_ENV
+from gradsift.utils.distributed import shard_bounds
+from gradsift.utils.faults import STOP_ENV
 
 
 @pytest.mark.parametrize("rows,chunk,parts", [(10, 3, 2), (100, 8, 3), (5, 4, 4), (0, 4, 2), (33, 1, 5)])

@@ -11,10 +11,11 @@ import torch
 from conftest import write_jsonl, write_parquet
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from gradsift.errors import ConfigError, DataError
-from gradsift.data import ChatEncoder, collate, label_count, per_example_loss
-from gradsift.evaluate import EvaluateConfig, _score_choices, _with_answer, evaluate, extract_answer, normalize_answer
-from gradsift.models import load_model
+from gradsift.config import EvaluateConfig
+from gradsift.data.chat import ChatEncoder, collate, label_count, per_example_loss
+from gradsift.evaluation.evaluate import _score_choices, _with_answer, evaluate, extract_answer, normalize_answer
+from gradsift.utils.errors import ConfigError, DataError
+from gradsift.utils.models import load_model
 
 EXAMPLE_FIELDS = {"file", "line", "id", "subtask", "status", "label_tokens", "loss", "kind", "prediction",
                   "reference", "correct"}

@@ -16,16 +16,16 @@ import torch
 from conftest import chat_records, random_text, write_jsonl
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
+from test_crash import contents, killed_at
 
 from gradsift.cli import main
-from gradsift.data import IGNORE_INDEX, ChatEncoder
-from gradsift.errors import ConfigError
-from gradsift.methods.exact import Cosines
-from gradsift.select import SelectConfig, select
-from gradsift.training import Run, lora_parameters
-from gradsift.warmup import WarmupConfig, warmup
-
-from test_crash import contents, killed_at
+from gradsift.config import SelectConfig, WarmupConfig
+from gradsift.data.chat import IGNORE_INDEX, ChatEncoder
+from gradsift.selection.methods.exact import Cosines
+from gradsift.selection.select import select
+from gradsift.training.run import Run, lora_parameters
+from gradsift.training.warmup import warmup
+from gradsift.utils.errors import ConfigError
 
 MAX_LENGTH = 48
 
@@ -210,7 +210,7 @@ def test_a_killed_exact_pass_resumes_to_the_same_outputs(run, data, cli_referenc
     killed_at(point, exact_argv(run, data, out))
     progress = json.loads((out / "exact" / "progress.json").read_text())
     assert sum(progress.values()) == committed and not (out / "summary.json").exists()
-    import gradsift.methods.exact as exact
+    import gradsift.selection.methods.exact as exact
 
     chunks, real = [], exact.chunk_features
     monkeypatch.setattr(exact, "chunk_features", lambda refs, *a, **k: chunks.append(len(refs)) or real(refs, *a, **k))
@@ -232,7 +232,7 @@ def test_another_pass_in_the_work_folder_is_refused(run, data, cli_reference, tm
     with pytest.raises(ConfigError, match=r"differs in max_length\)"):
         select(exact_config(run, data, out, max_length=40))
     # the same pass with another count reads the committed cosines again: no model is loaded
-    import gradsift.methods.exact as exact
+    import gradsift.selection.methods.exact as exact
 
     monkeypatch.setattr(exact, "load_features_model", lambda *a: pytest.fail("the finished pass was run again"))
     (sel,) = select(exact_config(run, data, out, count=5))

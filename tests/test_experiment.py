@@ -16,7 +16,7 @@ from conftest import WORDS, write_jsonl
 
 from gradsift.cli import main
 from gradsift.experiment import Experiment, load_experiment, results_markdown, run_experiment, summarize
-from gradsift.errors import ConfigError
+from gradsift.utils.errors import ConfigError
 
 SKILL = "translate french hello world yes no".split()
 OTHER = [w for w in WORDS if w not in SKILL]

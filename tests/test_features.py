@@ -11,9 +11,10 @@ import torch
 from conftest import chat_records, write_jsonl
 from safetensors.torch import load_file
 
-from gradsift.features import adam_feature, normalize_rows
-from gradsift.training import Run
-from gradsift.warmup import WarmupConfig, warmup
+from gradsift.config import WarmupConfig
+from gradsift.features.adam import adam_feature, normalize_rows
+from gradsift.training.run import Run
+from gradsift.training.warmup import warmup
 
 
 def corrected_by_hand(g, m, v, step, b1, b2, eps):

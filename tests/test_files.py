@@ -1,10 +1,10 @@
-"""Atomic writes (gradsift.files): JSONL records stay one per line, and no temporary file is left."""
+"""Atomic writes (gradsift.utils.files): JSONL records stay one per line, and no temporary file is left."""
 
 from __future__ import annotations
 
 import json
 
-from gradsift.files import atomic_write_jsonl
+from gradsift.utils.files import atomic_write_jsonl
 
 
 def test_unicode_line_separators_stay_inside_their_record(tmp_path):

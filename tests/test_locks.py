@@ -13,9 +13,9 @@ import pytest
 from conftest import chat_records, write_jsonl
 
 from gradsift.cli import main
-from gradsift.locks import LOCK_NAME, FolderLockedError, folder_lock
+from gradsift.utils.locks import LOCK_NAME, FolderLockedError, folder_lock
 
-HOLD = ("import sys\nfrom gradsift.locks import folder_lock\n"
+HOLD = ("import sys\nfrom gradsift.utils.locks import folder_lock\n"
         "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.readline()\n")
 
 

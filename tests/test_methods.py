@@ -17,10 +17,11 @@ from bm25s.stopwords import STOPWORDS_EN
 from conftest import WORDS, chat_records, write_jsonl
 
 from gradsift.cli import main
-from gradsift.data import ChatEncoder
-from gradsift.errors import ConfigError
-from gradsift.methods import Bm25, Oracle, Pool, RandomSelection, Rds, Target
-from gradsift.select import SelectConfig, run_selection, select
+from gradsift.config import SelectConfig
+from gradsift.data.chat import ChatEncoder
+from gradsift.selection.methods import Bm25, Oracle, Pool, RandomSelection, Rds, Target
+from gradsift.selection.select import run_selection, select
+from gradsift.utils.errors import ConfigError
 
 COLUMNS = ["file", "line", "id", "source", "score", "rank", "selected", "status", "subtask", "chars"]
 

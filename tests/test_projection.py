@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradsift.projection import (
+from gradsift.features.projection import (
     PROJECTORS,
     DenseRademacherProjector,
     KroneckerProjector,
@@ -79,7 +79,7 @@ def projected_elsewhere() -> dict[str, bytes]:
     """The three kinds' outputs on integer vectors, computed by a fresh interpreter with 2 threads."""
     code = (
         "import sys, numpy as np, torch\n"
-        "from gradsift.projection import DenseRademacherProjector, make_projector\n"
+        "from gradsift.features.projection import DenseRademacherProjector, make_projector\n"
         "torch.set_num_threads(2)\n"
         "g = np.random.default_rng(123)\n"
         f"x = torch.from_numpy(g.integers(-3, 4, size=(3, {INPUT_DIM})).astype(np.float32))\n"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gradsift.errors import ConfigError
 from gradsift.report import PNG_SIGNATURE, results_table, write_report
+from gradsift.utils.errors import ConfigError
 
 SCRIPT = "<script>alert('x')</script>"
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}

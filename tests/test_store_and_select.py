@@ -15,14 +15,22 @@ import pytest
 import torch
 from conftest import WORDS, write_jsonl, write_parquet
 
-from gradsift.build import BuildConfig, build, build_together
-from gradsift.datastore import GradientStore
-from gradsift.errors import ConfigError, StoreMismatchError
-from gradsift.scoring import (aggregate, checkpoint_weights, fuse_ranks, relevance_auc, round_robin, top_k,
-                              weighted_similarity)
-from gradsift.select import SelectConfig, select
-from gradsift.training import Run
-from gradsift.warmup import WarmupConfig, warmup
+from gradsift.config import BuildConfig, SelectConfig, WarmupConfig
+from gradsift.features.build import build, build_together
+from gradsift.selection.scoring import (
+    aggregate,
+    checkpoint_weights,
+    fuse_ranks,
+    relevance_auc,
+    round_robin,
+    top_k,
+    weighted_similarity,
+)
+from gradsift.selection.select import select
+from gradsift.store.datastore import GradientStore
+from gradsift.training.run import Run
+from gradsift.training.warmup import warmup
+from gradsift.utils.errors import ConfigError, StoreMismatchError
 
 # The target skill has its own words; the pool is general text. LoRA features of a random tiny model are
 # dominated by Adam's shared momentum, so copies of the targets only stand out reliably from pool
@@ -506,7 +514,7 @@ def test_outputs_written_a_few_rows_at_a_time_equal_one_piece(selection, stores,
     # with blocks of 4 rows, the files are the same bytes, and summary.json holds their hashes
     import hashlib
 
-    import gradsift.select as select_module
+    import gradsift.selection.select as select_module
 
     pool, target = stores
     monkeypatch.setattr(select_module, "ROWS_AT_ONCE", 4)
@@ -527,7 +535,7 @@ def test_an_index_written_with_64_bit_and_string_columns_opens_as_today(stores, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gradsift.store_index import SCHEMA
+    from gradsift.data.index import SCHEMA
 
     pool, target = stores
     old = tmp_path / "wide"

@@ -9,12 +9,13 @@ import torch
 from conftest import chat_records, write_jsonl
 from safetensors.torch import load_file
 
-import gradsift.training as training
+import gradsift.training.loop as training
 from gradsift.cli import main
-from gradsift.errors import DataError
-from gradsift.evaluate import EvaluateConfig, evaluate
-from gradsift.train import TrainConfig, train
-from gradsift.training import Run
+from gradsift.config import EvaluateConfig, TrainConfig
+from gradsift.evaluation.evaluate import evaluate
+from gradsift.training.run import Run
+from gradsift.training.train import train
+from gradsift.utils.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,13 @@ from conftest import chat_records, write_jsonl
 from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
-import gradsift.training as warmup_module
-from gradsift.build import BuildConfig, build
-from gradsift.errors import ConfigError, StoreMismatchError
-from gradsift.training import Run, learning_rate_factor
-from gradsift.warmup import WarmupConfig, warmup
+import gradsift.training.loop as warmup_module
+from gradsift.config import BuildConfig, WarmupConfig
+from gradsift.features.build import build
+from gradsift.training.loop import learning_rate_factor
+from gradsift.training.run import Run
+from gradsift.training.warmup import warmup
+from gradsift.utils.errors import ConfigError, StoreMismatchError
 
 N_EXAMPLES = 18  # 5 steps of 4 per epoch, the last one partial
 

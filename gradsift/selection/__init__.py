@@ -1,0 +1,1 @@
+"""Selection: the scoring math (scoring), the methods (one file each, one registry) and the select stage."""

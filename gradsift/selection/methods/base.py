@@ -1,0 +1,157 @@
+"""The one shape every selection method has: a pool and targets in, one score per pool row per target out.
+
+Ranking, ties, the selection size and the output files are shared (``gradsift.selection.select``); a method only
+scores. Methods that compare each pool row with each target example (less, bm25, rds) subclass
+``SimilarityMethod`` and share the aggregation over target subtasks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+import numpy as np
+import torch
+
+from gradsift.data.chat import ChatEncoder
+from gradsift.data.index import StoreIndex, index_examples
+from gradsift.data.records import ExampleRef
+from gradsift.selection.scoring import Aggregate, aggregate, best_subtask, round_robin, subtask_means
+from gradsift.store.datastore import GradientStore
+from gradsift.utils.errors import ConfigError
+
+
+def subtask_of(ref: ExampleRef) -> str:
+    """A target example's subtask: its ``subtask`` field, else its file."""
+    return ref.subtask or Path(ref.file).stem
+
+
+def _store_files(store: GradientStore) -> dict[str, str]:
+    return {f["path"]: f["sha256"] for f in store.manifest["files"]}
+
+
+@dataclass
+class Pool:
+    refs: StoreIndex  # one per row, made on demand (a pool may have millions)
+    scorable: np.ndarray  # (rows,) bool: rows a method may score and select
+    file_sha256: dict[str, str]  # the records files, in order, with their content hashes
+    bad_records: list[dict] = field(default_factory=list)  # skipped malformed records: file, line, problem
+    store: GradientStore | None = None  # the gradient store the rows come from (less)
+
+    @classmethod
+    def from_files(cls, paths: list[Path], skip_bad: bool = False, encoder: ChatEncoder | None = None) -> "Pool":
+        """Every parsed record is a row (text methods read records, they do not tokenize them). With an
+        ``encoder`` (methods that take gradients) rows are tokenized, and one left without label tokens
+        is not scorable, as in a store."""
+        refs, bad, files = index_examples(paths, encoder, skip_bad)
+        if not refs:
+            raise ConfigError(f"no pool records in {[str(p) for p in paths]}")
+        index = StoreIndex.from_refs(refs)
+        scorable = index.ok_mask() if encoder is not None else np.ones(len(refs), bool)
+        return cls(index, scorable, {f.path: f.sha256 for f in files}, [asdict(b) for b in bad])
+
+    @classmethod
+    def from_store(cls, store: GradientStore) -> "Pool":
+        return cls(store.index, store.ok_mask(), _store_files(store), store.manifest["bad_records"], store)
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.file_sha256)
+
+
+@dataclass
+class Target:
+    name: str
+    refs: list[ExampleRef]  # the usable target examples
+    file_sha256: dict[str, str]  # the records files, in order, with their content hashes
+    skipped: int = 0  # usable records without label tokens (less)
+    bad_records: list[dict] = field(default_factory=list)  # skipped malformed records: file, line, problem
+    store: GradientStore | None = None  # less: the target's gradient store (refs are its "ok" rows)
+
+    @property
+    def subtasks(self) -> list[str]:
+        return [subtask_of(r) for r in self.refs]
+
+    @classmethod
+    def from_files(cls, name: str, paths: list[Path], skip_bad: bool = False,
+                   encoder: ChatEncoder | None = None) -> "Target":
+        """The target's records; with an ``encoder``, tokenized, and those without label tokens skipped."""
+        refs, bad, files = index_examples(paths, encoder, skip_bad)
+        if not refs:
+            raise ConfigError(f"target {name!r} has no records in {[str(p) for p in paths]}")
+        usable = refs if encoder is None else [r for r in refs if r.status == "ok"]
+        if not usable:
+            raise ConfigError(f"target {name!r} has no usable example (all without label tokens after truncation)")
+        return cls(name, usable, {f.path: f.sha256 for f in files}, len(refs) - len(usable), [asdict(b) for b in bad])
+
+    @classmethod
+    def from_store(cls, store: GradientStore) -> "Target":
+        ok = store.ok_mask()
+        if not ok.any():
+            raise ConfigError(f"target store {store.path} has no usable example (all without label tokens)")
+        return cls(store.name, store.index.take(np.flatnonzero(ok)), _store_files(store), int((~ok).sum()),
+                   store.manifest["bad_records"], store)
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.file_sha256)
+
+
+@dataclass
+class TargetScores:
+    scores: np.ndarray  # (rows,) float32; meaningful where the pool is scorable
+    subtask: list[str] | None = None  # each row's closest target subtask, for methods that compare with examples
+
+
+class SelectionMethod(ABC):
+    name: ClassVar[str]
+    selects_all: ClassVar[bool] = False  # full: the selection is the whole pool, whatever --fraction says
+
+    @abstractmethod
+    def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
+        """One TargetScores per target, in order."""
+
+    def settings(self) -> dict:
+        """What summary.json records about how this method scored."""
+        return {}
+
+
+@dataclass
+class SimilarityMethod(SelectionMethod):
+    """Scores a pool row by its similarity to every target example, aggregated over the target's subtasks
+    (``subtask-mean-max``: the mean over each subtask's examples, then the max over subtasks)."""
+
+    aggregate: Aggregate = "subtask-mean-max"
+    chunk_rows: int = field(default=16384)
+
+    @abstractmethod
+    def similarities(self, pool: Pool, targets: list[Target]) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """(first row, [similarity (chunk rows, target examples) per target]) for consecutive row chunks."""
+
+    def columns(self, pool: Pool, target: Target) -> list[str]:
+        """The subtask of each column ``similarities`` gives for this target: one per target example,
+        unless a method compares with each subtask's mean example directly (see ``Less``)."""
+        return target.subtasks
+
+    def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
+        rows = len(pool.refs)
+        out = [TargetScores(np.zeros(rows, np.float32), [""] * rows) for _ in targets]
+        columns = [self.columns(pool, t) for t in targets]
+        # round-robin ranks whole columns: keep every row's subtask means (rows x subtasks, small)
+        means = [np.zeros((rows, len(set(c))), np.float32) for c in columns] if self.aggregate == "round-robin" else []
+        for start, chunk in self.similarities(pool, targets):
+            for k, (subtasks, sim, result) in enumerate(zip(columns, chunk, out)):
+                end = start + sim.shape[0]
+                if means:
+                    means[k][start:end] = subtask_means(sim.float(), subtasks)[0].numpy()
+                else:
+                    result.scores[start:end] = aggregate(sim.float(), subtasks, self.aggregate).numpy()
+                result.subtask[start:end] = best_subtask(sim.float(), subtasks)
+        for result, m in zip(out, means):
+            result.scores[:] = round_robin(m, pool.scorable)
+        return out
+
+    def settings(self) -> dict:
+        return {"aggregate": self.aggregate}

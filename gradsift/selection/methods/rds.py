@@ -1,0 +1,67 @@
+"""RDS+ (Ivison et al., 2025): cosine of position-weighted mean-pooled final hidden states of the
+selector model, pool rows against target examples, aggregated over the target's subtasks.
+
+Later positions get linearly more weight (position t of T has weight t / sum(1..T)): in a causal model
+only the last tokens have seen the whole example."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from gradsift.data.chat import ChatEncoder, collate
+from gradsift.data.records import read_messages
+from gradsift.features.adam import normalize_rows
+from gradsift.selection.methods.base import Pool, SimilarityMethod, Target
+from gradsift.utils.models import load_model, pick_device
+
+
+def weighted_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, tokens, hidden) -> (batch, hidden): mean over real tokens with weights growing with position.
+    Right padding: a row's real tokens come first."""
+    weights = attention_mask.float() * torch.arange(1, hidden.shape[1] + 1, device=hidden.device)
+    weights = weights / weights.sum(1, keepdim=True)
+    return torch.einsum("bt,bth->bh", weights, hidden.float())
+
+
+@dataclass
+class Rds(SimilarityMethod):
+    name: ClassVar[str] = "rds"
+    model: str = ""
+    max_length: int = 1024
+    batch_size: int = 16
+    device: str = "auto"
+
+    def embed(self, refs, encoder: ChatEncoder, model, device, desc: str) -> torch.Tensor:
+        """Unit-norm pooled embeddings of examples (whole conversations), length-sorted in batches."""
+        encoded = [encoder.encode(read_messages(r)) for r in refs]
+        order = sorted(range(len(refs)), key=lambda i: len(encoded[i][0]))
+        out = torch.zeros(len(refs), model.config.hidden_size)
+        with torch.inference_mode():
+            for k in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch",
+                          disable=len(order) <= self.batch_size):
+                members = order[k: k + self.batch_size]
+                batch = collate([encoded[i] for i in members], encoder.tokenizer.pad_token_id)
+                mask = batch["attention_mask"].to(device)
+                hidden = model(input_ids=batch["input_ids"].to(device), attention_mask=mask,
+                               output_hidden_states=True).hidden_states[-1]
+                out[members] = weighted_mean_pool(hidden, mask).cpu()
+        return normalize_rows(out)
+
+    def similarities(self, pool: Pool, targets: list[Target]) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        if not self.model:
+            raise ValueError("rds needs the selector model (--model)")
+        device = pick_device(self.device)
+        model, tokenizer, _ = load_model(self.model, device)
+        encoder = ChatEncoder(tokenizer, self.max_length)
+        goals = [self.embed(t.refs, encoder, model, device, f"rds {t.name}") for t in targets]
+        pool_emb = self.embed(pool.refs, encoder, model, device, "rds pool")
+        for start in range(0, len(pool.refs), self.chunk_rows):
+            chunk = pool_emb[start: start + self.chunk_rows]
+            yield start, [chunk @ g.T for g in goals]
+
+    def settings(self) -> dict:
+        return {**super().settings(), "model": self.model, "max_length": self.max_length}

@@ -1,0 +1,135 @@
+"""Pure math of scoring: checkpoint-weighted cosine similarity, aggregation over targets, top-k."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gradsift.config import Aggregate, Fuse
+
+
+def checkpoint_weights(lrs: list[float]) -> np.ndarray:
+    """LESS weighs each checkpoint by its learning rate, normalised to sum 1."""
+    lrs = np.asarray(lrs, dtype=np.float64)
+    if (lrs < 0).any() or lrs.sum() <= 0:
+        raise ValueError(f"checkpoint learning rates must be non-negative with a positive sum, got {lrs.tolist()}")
+    return lrs / lrs.sum()
+
+
+def weighted_similarity(pool: list[torch.Tensor], target: list[torch.Tensor], weights: np.ndarray,
+                        estimate=None) -> torch.Tensor:
+    """s_ij = sum_c w_c cos(pool_i^c, target_j^c) for unit-norm rows: (n_pool, n_target), float32.
+    ``estimate`` turns each checkpoint's dot products into cosines (sign vectors: ``compact.sign_cosine``)."""
+    total = torch.zeros(pool[0].shape[0], target[0].shape[0])
+    for p, t, w in zip(pool, target, weights):
+        dot = p.float() @ t.float().T
+        total += float(w) * (dot if estimate is None else estimate(dot))
+    return total
+
+
+def subtask_mean_rows(rows: torch.Tensor, subtasks: list[str]) -> torch.Tensor:
+    """(n_subtasks, dim) mean row of each subtask's examples, subtasks in sorted order (as ``subtask_means``)."""
+    names = sorted(set(subtasks))
+    groups = torch.tensor([names.index(s) for s in subtasks])
+    sums = torch.zeros(len(names), rows.shape[1], dtype=rows.dtype).index_add_(0, groups, rows)
+    return sums / torch.bincount(groups, minlength=len(names)).to(rows.dtype)[:, None]
+
+
+def subtask_means(similarity: torch.Tensor, subtasks: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """(rows, n_subtasks) mean similarity to each subtask's target examples, and the subtask names (sorted)."""
+    names = sorted(set(subtasks))
+    groups = torch.tensor([names.index(s) for s in subtasks])
+    sums = torch.zeros(similarity.shape[0], len(names), dtype=similarity.dtype).index_add_(1, groups, similarity)
+    counts = torch.bincount(groups, minlength=len(names)).to(similarity.dtype)
+    return sums / counts, names
+
+
+def aggregate(similarity: torch.Tensor, subtasks: list[str], how: Aggregate = "subtask-mean-max") -> torch.Tensor:
+    """One score per pool row from its similarities to every target example.
+
+    ``subtask-mean-max`` (the paper's rule): mean over each subtask's examples, then max over subtasks.
+    ``mean``: mean over all target examples. ``max``: max over all target examples. (``round-robin``
+    ranks whole columns of subtask means: ``round_robin``.)"""
+    if how == "mean":
+        return similarity.mean(1)
+    if how == "max":
+        return similarity.max(1).values
+    if how != "subtask-mean-max":
+        raise ValueError(f"unknown aggregation {how!r}")
+    return subtask_means(similarity, subtasks)[0].max(1).values
+
+
+def round_robin(means: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Scores that take each subtask's best rows in turn (Ivison et al., 2025): from ``means`` (rows,
+    n_subtasks), a row's place is (its best rank over the subtasks, that subtask), so round r holds every
+    subtask's r-th row, subtasks in sorted order; a row already placed by another subtask leaves its slot
+    empty. Higher is earlier; rows outside ``candidates`` (bool) come last."""
+    n, k = means.shape
+    place = np.full(n, n * k, dtype=np.int64)
+    rows = np.flatnonzero(candidates)
+    ranks = np.empty((len(rows), k), dtype=np.int64)
+    for s in range(k):
+        ranks[top_k(means[rows, s], len(rows)), s] = np.arange(len(rows))
+    place[rows] = ranks.min(1) * k + ranks.argmin(1)
+    return (n * k - place).astype(np.float32)
+
+
+def ranks_of(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Each candidate row's rank by score (0 = best, ties to the lower index, as ``top_k``); -1 elsewhere."""
+    rows = np.flatnonzero(candidates)
+    ranks = np.full(len(scores), -1, dtype=np.int64)
+    ranks[rows[top_k(scores[rows], len(rows))]] = np.arange(len(rows))
+    return ranks
+
+
+def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
+    """One score per row from several methods' scores, through each method's ranks r (0 = best).
+
+    ``median``: the median rank, ties broken by the mean rank: a row needs most methods to rank it
+    high, so one method's outliers cannot place it. ``mean``: the mean rank (Borda). ``rrf``:
+    reciprocal rank fusion, sum 1 / (k + r + 1) (Cormack et al., 2009). The score is the number of
+    candidates minus the row's fused rank (whole numbers, exact in float32 up to 16M rows): higher is
+    better; rows outside ``candidates`` score 0."""
+    ranks = np.stack([ranks_of(s, candidates) for s in scores]).astype(np.float64)[:, candidates]
+    n = int(candidates.sum())
+    if how == "rrf":
+        fused = (1.0 / (k + ranks + 1)).sum(0)
+    elif how == "mean":
+        fused = -ranks.mean(0)
+    elif how == "median":  # mean rank / n < 1: it orders rows with equal medians only
+        fused = -(np.median(ranks, 0) + ranks.mean(0) / n)
+    else:
+        raise ValueError(f"unknown rank fusion {how!r}")
+    out = np.zeros(len(candidates))
+    out[candidates] = fused
+    return np.where(candidates, n - ranks_of(out, candidates), 0).astype(np.float32)
+
+
+def best_subtask(similarity: torch.Tensor, subtasks: list[str]) -> list[str]:
+    """Each pool row's closest target subtask (highest mean similarity): what the report groups by."""
+    means, names = subtask_means(similarity, subtasks)
+    return [names[k] for k in means.argmax(1).tolist()]
+
+
+def relevance_auc(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """The probability that a relevant row outscores an irrelevant one, ties counting half (the area
+    under the ROC curve): 1 ranks every relevant row first, 0.5 is chance, below 0.5 is worse."""
+    scores, relevant = np.asarray(scores, np.float64), np.asarray(relevant, bool)
+    n_rel, n_other = int(relevant.sum()), int((~relevant).sum())
+    if not n_rel or not n_other:
+        raise ValueError("an AUC needs relevant and irrelevant rows")
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    values, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2  # ties share the mean of their ranks
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[relevant].sum() - n_rel * (n_rel + 1) / 2) / (n_rel * n_other))
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, best first; ties go to the lower index (earlier in the pool).
+    NaN is not a score: callers must not pass it."""
+    if np.isnan(scores).any():
+        raise ValueError("NaN in scores")
+    return np.argsort(-scores, kind="stable")[:k]  # stable: equal scores keep their pool order

@@ -1,0 +1,222 @@
+"""Stage 3, select: score every pool example against each target and keep the global top fraction.
+
+Every method (``gradsift.selection.methods``: less from gradient stores; random, bm25, rds, full from records
+files) only scores; ranking, ties, the selection's size and the output files are this module's.
+Writes, per target, ``selected.jsonl`` (records verbatim, best first; JSON-array records and Parquet
+rows as one-line JSON), ``scores.csv`` (one row per pool example) and ``summary.json``. With one
+target they go in OUTPUT/; with several target stores, in OUTPUT/<target store name>/, all from one
+pass over the pool.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gradsift.config import SelectConfig
+from gradsift.data.chat import ChatEncoder
+from gradsift.data.index import ROWS_AT_ONCE
+from gradsift.data.records import STATUSES, print_skips, read_records
+from gradsift.selection.methods import (
+    METHODS,
+    Bm25,
+    Exact,
+    FullPool,
+    Fusion,
+    Less,
+    Pool,
+    RandomSelection,
+    Rds,
+    SelectionMethod,
+    Target,
+)
+from gradsift.selection.methods.exact import run_encoder
+from gradsift.selection.scoring import top_k
+from gradsift.store.datastore import GradientStore
+from gradsift.training.run import Run
+from gradsift.utils.errors import ConfigError
+from gradsift.utils.files import atomic_write_chunks, atomic_write_json
+from gradsift.utils.locks import folder_lock
+
+
+@dataclass
+class Selection:
+    target: str
+    scores: np.ndarray  # (rows,) float32; meaningful where scored
+    scored: np.ndarray  # (rows,) bool
+    ranking: np.ndarray  # every scored row index, best first
+    count: int  # how many of the ranking are selected
+    output: Path
+
+    @property
+    def selected(self) -> np.ndarray:
+        return self.ranking[: self.count]
+
+
+def token_limit(config: SelectConfig) -> int:
+    """--max-length, else exact's run's own limit (its stores were tokenized with it), else 1024."""
+    if config.max_length is not None:
+        if config.max_length < 1:
+            raise ConfigError(f"--max-length must be a positive number of tokens, got {config.max_length}")
+        return config.max_length
+    if config.method == "exact" and config.run is not None:
+        return Run.open(config.run).config["max_length"]
+    return 1024
+
+
+def records_encoder(config: SelectConfig) -> ChatEncoder | None:
+    """How a method that reads records files tokenizes them: exact takes gradients, so its rows are
+    tokenized as its pass will (and those without label tokens set aside); the others do not tokenize."""
+    return run_encoder(config.run, token_limit(config)) if config.method == "exact" else None
+
+
+def make_method(config: SelectConfig) -> SelectionMethod:
+    """The configured method, with the settings it uses."""
+    similarity = {"aggregate": config.aggregate, "chunk_rows": config.chunk_rows}
+    max_length = token_limit(config)
+    if config.method == "less":
+        return Less(**similarity)
+    if config.method == "fusion":
+        return Fusion(**similarity, fuse=config.fuse, model=config.model or "", max_length=max_length,
+                      batch_size=config.batch_size, device=config.device)
+    if config.method == "exact":
+        return Exact(**similarity, run=config.run, work=Path(config.output) / "exact", adam_form=config.adam_form,
+                     max_length=max_length, batch_size=config.batch_size, chunk_size=config.chunk_size,
+                     device=config.device)
+    if config.method == "bm25":
+        return Bm25(**similarity)
+    if config.method == "rds":
+        if not config.model:
+            raise ConfigError("--method rds needs the selector model: --model MODEL")
+        return Rds(**similarity, model=config.model, max_length=max_length, batch_size=config.batch_size,
+                   device=config.device)
+    if config.method == "random":
+        return RandomSelection(seed=config.seed)
+    if config.method == "full":
+        return FullPool()
+    raise ConfigError(f"unknown method {config.method!r}; known: {sorted(METHODS)}")
+
+
+def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
+    """The pool and targets: gradient stores for less, records files for every other method."""
+    if config.method in ("less", "fusion"):
+        if config.train_store is None or not config.target_store:
+            raise ConfigError(f"--method {config.method} selects from gradient stores: give --train-store and "
+                              "--target-store (or --pool and --target with --method bm25, rds or random)")
+        pool = GradientStore.open(config.train_store)  # Less checks that the stores can be compared
+        return Pool.from_store(pool), [Target.from_store(GradientStore.open(p)) for p in config.target_store]
+    if not config.pool or not config.target:
+        raise ConfigError(f"--method {config.method} reads records files: give --pool and --target")
+    encoder = records_encoder(config)
+    pool = Pool.from_files(config.pool, config.skip_bad_records, encoder)
+    return pool, [Target.from_files(Path(config.target[0]).stem, config.target, config.skip_bad_records, encoder)]
+
+
+def select(config: SelectConfig) -> list[Selection]:
+    output = Path(config.output)
+    with folder_lock(output):
+        method = make_method(config)
+        pool, targets = load_inputs(config)
+        outputs = [output] if len(targets) == 1 else [output / t.name for t in targets]
+        print_skips("select", pool.bad_records + [b for t in targets for b in t.bad_records], 0,
+                    " and ".join(f"{o}/summary.json" for o in outputs))
+        return run_selection(method, pool, targets, outputs, config.fraction, config.count)
+
+
+def selection_size(pool: Pool, fraction: float | None, count: int | None) -> int:
+    n = count if count is not None else round((fraction or 0) * len(pool.refs))
+    if not 0 < n <= pool.scorable.sum():
+        raise ConfigError(f"cannot select {n} of {pool.scorable.sum()} scorable pool examples; check --fraction/--count")
+    return n
+
+
+def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], outputs: list[Path],
+                  fraction: float | None = 0.05, count: int | None = None) -> list[Selection]:
+    """Score the pool with ``method`` against every target, rank, and write each target's three files
+    into its folder of ``outputs``."""
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"targets need distinct names (target store folder names), got {names}")
+    n_select = int(pool.scorable.sum()) if method.selects_all else selection_size(pool, fraction, count)
+    candidates = np.flatnonzero(pool.scorable)
+    selections = []
+    for target, out, result in zip(targets, outputs, method.score(pool, targets)):
+        if not np.isfinite(result.scores[candidates]).all():
+            raise ConfigError(f"{method.name} gave a non-finite score for target {target.name}")
+        ranking = candidates[top_k(result.scores[candidates], len(candidates))]
+        selection = Selection(target.name, result.scores, pool.scorable, ranking, n_select, out)
+        _write(selection, method, pool, target, result.subtask)
+        selections.append(selection)
+    return selections
+
+
+def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, subtasks: list[str] | None) -> None:
+    index = pool.refs
+    checksums = {"selected.jsonl": atomic_write_chunks(sel.output / "selected.jsonl", (
+        b"".join(r + b"\n" for r in read_records(index.take(sel.selected[start: start + ROWS_AT_ONCE])))
+        for start in range(0, len(sel.selected), ROWS_AT_ONCE)))}
+
+    ok = sel.scored
+    statuses = index.status_codes()
+    ranks = np.zeros(len(index), dtype=np.int64)
+    ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
+
+    def scores_csv(start: int) -> bytes:
+        rows = slice(start, start + ROWS_AT_ONCE)
+        part, scored = index.table.slice(start, ROWS_AT_ONCE), ok[rows]
+        columns = {
+            **{name: part.column(name).to_pylist() for name in ("file", "line", "id", "source")},
+            "score": np.where(scored, np.char.mod("%.7g", sel.scores[rows].astype(np.float64)), "").tolist(),
+            "rank": np.where(scored, ranks[rows].astype(str), "").tolist(),
+            "selected": (scored & (ranks[rows] <= sel.count) & (ranks[rows] > 0)).astype(int).tolist(),
+            "status": np.where(scored, "ok", np.asarray(STATUSES)[statuses[rows]]).tolist(),
+            "subtask": np.where(scored, np.asarray(subtasks[rows], dtype=object), "").tolist() if subtasks
+            else [""] * len(part),
+            "chars": part.column("chars").to_pylist(),
+        }
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        if start == 0:
+            writer.writerow(list(columns))
+        writer.writerows(zip(*columns.values()))
+        return text.getvalue().encode()
+
+    checksums["scores.csv"] = atomic_write_chunks(sel.output / "scores.csv",
+                                                  map(scores_csv, range(0, len(index), ROWS_AT_ONCE)))
+
+    pool_sources, picked_sources = index.counts("source"), index.counts("source", sel.selected)
+    valid = sel.scores[sel.scored]
+    summary = {
+        "target": sel.target,
+        "method": method.name,
+        "method_settings": method.settings(),
+        "aggregate": method.settings().get("aggregate"),
+        "pool_files": pool.files,
+        "target_files": target.files,
+        "file_sha256": {**pool.file_sha256, **target.file_sha256},
+        "pool": {"examples": len(index), "scored": int(sel.scored.sum()),
+                 "skipped": {**{s: int((statuses[~ok] == STATUSES.index(s)).sum())
+                                for s in ("no_label_tokens", "non_finite_gradient")},
+                             "bad_records": len(pool.bad_records)}},
+        "selected": len(sel.selected),
+        "sources": {
+            s: {"pool": n, "selected": picked_sources.get(s, 0), "pool_share": n / len(index),
+                "selected_share": picked_sources.get(s, 0) / len(sel.selected)}
+            for s, n in sorted(pool_sources.items())
+        },
+        "scores": {"min": float(valid.min()), "max": float(valid.max()), "mean": float(valid.mean()),
+                   "threshold": float(sel.scores[sel.selected[-1]])},
+        "target_examples": {"usable": len(target.refs), "skipped": target.skipped,
+                            "subtasks": dict(sorted(Counter(target.subtasks).items()))},
+        "bad_records": pool.bad_records + target.bad_records,
+        "checksums": checksums,
+    }
+    if pool.store is not None:
+        summary |= {"pool_store": str(pool.store.path), "target_store": str(target.store.path),
+                    "checkpoint_weights": {c["name"]: c["weight"] for c in pool.store.checkpoints}}
+    atomic_write_json(sel.output / "summary.json", summary)

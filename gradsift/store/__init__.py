@@ -1,0 +1,1 @@
+"""The gradient datastore (datastore) and its compact row formats (compact)."""
