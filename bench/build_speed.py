@@ -1,7 +1,7 @@
 """Benchmark of gradient features (`gradsift build`), all in one run.
 
 On the same machine and the same examples (the longest few-shot examples and pool records of the
-benchmark, ``gradsift.benchmark``, cut to --length 256 tokens), SmolLM2-135M with LoRA r=128 on q,k,v,o, dim 8192:
+benchmark, ``experiments/benchmark.py``, cut to --length 256 tokens), SmolLM2-135M with LoRA r=128 on q,k,v,o, dim 8192:
 
   training   a plain batched LoRA training pass (forward, backward, AdamW step; no dropout): the floor
              (timed from loading the model, as build is timed from its start)
@@ -48,7 +48,6 @@ from memory import peak_rss_gib
 from peft import set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from gradsift.benchmark import build_benchmark
 from gradsift.config import BuildConfig, WarmupConfig
 from gradsift.data.chat import ChatEncoder, collate, encode_refs, per_example_loss
 from gradsift.data.index import index_examples
@@ -64,6 +63,9 @@ from gradsift.training.run import Run, lora_parameters
 from gradsift.training.warmup import warmup
 from gradsift.utils.files import atomic_write_bytes
 from gradsift.utils.models import load_model, pick_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the benchmark builder
+from benchmark import build_benchmark  # noqa: E402
 
 
 def prepare(args) -> None:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchmark import RESTATED_SUFFIX
 
-from gradsift.benchmark import RESTATED_SUFFIX
 from gradsift.selection.methods import Target
 from gradsift.selection.scoring import fuse_ranks, relevance_auc, subtask_mean_rows, top_k
 from gradsift.store.datastore import GradientStore

@@ -1,4 +1,4 @@
-"""Build gradsift's benchmark with known answers (``gradsift.benchmark``) into a folder.
+"""Build gradsift's benchmark with known answers (``experiments/benchmark.py``) into a folder.
 
     python experiments/build_benchmark.py [--output experiments/benchmark] [--seed 0]
                                           [--unrelated-per-family 30] [--relevant-scale 1]
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gradsift.benchmark import UNRELATED_PER_FAMILY, VARIANTS, build_benchmark
+from benchmark import UNRELATED_PER_FAMILY, VARIANTS, build_benchmark
 
 
 def main(argv: list[str] | None = None) -> int:

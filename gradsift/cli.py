@@ -20,8 +20,25 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per dataclass field: lists take several values, Literals become choices, bools switches."""
+class MethodNames:
+    """``select --method``'s choices, asked of the method registry only when argparse checks a value or
+    prints them: the registry imports torch, which the other commands' --help need not wait for."""
+
+    def _names(self) -> list[str]:
+        from gradsift.selection.methods import selectable
+
+        return selectable()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls, choices: dict | None = None) -> None:
+    """One flag per dataclass field: lists take several values, Literals become choices, bools switches;
+    ``choices`` gives a field's choices from elsewhere (shown as its name in capitals in the usage line)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
@@ -37,6 +54,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
             kind, kw["nargs"] = typing.get_args(kind)[0], "+"
         if typing.get_origin(kind) is typing.Literal:
             kw["choices"], kind = typing.get_args(kind), str
+        if f.name in (choices or {}):
+            kw["choices"], kw["metavar"] = choices[f.name], f.name.upper()
         if required:
             kw["required"] = True
         else:
@@ -72,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(config_class=BuildConfig)
 
     p = command("select", help="score the pool against targets and write the top examples")
-    add_config_arguments(p, SelectConfig)
+    add_config_arguments(p, SelectConfig, choices={"method": MethodNames()})
     p.set_defaults(config_class=SelectConfig)
 
     p = command("train", help="fine-tune a model (LoRA, or --full) on records, e.g. a selection")

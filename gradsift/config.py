@@ -23,7 +23,6 @@ Aggregate = Literal["subtask-mean-max", "mean", "max", "round-robin"]  # gradsif
 StoreDtype = Literal["float16", "int8", "bit"]  # gradsift.store.compact
 Response = Literal["full", "answer", "answer-only"]  # gradsift.data.chat.ChatEncoder
 Fuse = Literal["median", "mean", "rrf"]  # gradsift.selection.scoring.fuse_ranks
-MethodName = Literal["fusion", "less", "exact", "random", "bm25", "rds", "full"]  # gradsift.methods.METHODS
 
 
 # -- training (warmup and train) -------------------------------------------------------------------
@@ -112,10 +111,11 @@ class BuildConfig:
 @dataclass
 class SelectConfig:
     output: Path = field(metadata={"help": "folder for selected.jsonl, scores.csv, summary.json"})
-    method: MethodName = field(default="fusion", metadata={
-        "help": "fusion (default): the ranks of less, bm25 and rds fused (EXPERIMENTS.md); fusion and less read "
-                "gradient stores (--train-store, --target-store); exact (needs --run: LESS unprojected), random, bm25, "
-                "rds (needs --model), full: records files (--pool, --target)"})
+    method: str = field(default="fusion", metadata={
+        "help": "one of %(choices)s (the registry, gradsift.selection.methods). fusion, the default, fuses the ranks "
+                "of less, bm25 and rds (docs/results.md); fusion and less read gradient stores (--train-store, "
+                "--target-store); exact (needs --run: LESS unprojected), random, bm25, rds (needs --model) and "
+                "full read records files (--pool, --target)"})
     train_store: Path | None = field(default=None, metadata={"help": "less: gradient store of the pool (--gradient adam)"})
     target_store: list[Path] | None = field(default=None, metadata={
         "help": "less: gradient stores of the targets (--gradient sgd); several give one selection each"})

@@ -1,4 +1,4 @@
-"""The benchmark with known answers (gradsift.benchmark): deterministic, contamination-free, labels consistent
+"""The benchmark with known answers (experiments/benchmark.py): deterministic, contamination-free, labels consistent
 with the pool, the committed copy equal to a fresh build, the demo's smaller copy, and the readers of the
 packages' files."""
 
@@ -7,14 +7,17 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
 
-import gradsift.benchmark as bb
 from gradsift.utils.errors import GradsiftError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the builder is not the library's
+import benchmark as bb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -231,6 +234,23 @@ def test_a_smaller_copy_keeps_the_targets_and_shrinks_the_pool(bench, tmp_path):
         assert 0.4 * len(bench["relevance"][name]) <= len(ids) <= 0.6 * len(bench["relevance"][name]) + 3
     assert small["pool"]["size"] < 0.4 * len(bench["records"])
     assert small["contamination_check"]["passed"]
+
+
+def test_the_demo_data_the_package_ships_is_a_fresh_build(tmp_path):
+    """gradsift/demo_data: the pool and the demo target of the command its benchmark.json records."""
+    from gradsift.demo import DEMO_TARGET
+
+    shipped = ROOT / "gradsift" / "demo_data"
+    bb.build_benchmark(tmp_path, unrelated_per_family=10, relevant_scale=0.5)
+    pool = sorted(p.name for p in (tmp_path / "pool").iterdir())
+    assert pool == sorted(p.name for p in (shipped / "pool").iterdir())
+    for name in pool:
+        assert (shipped / "pool" / name).read_bytes() == (tmp_path / "pool" / name).read_bytes(), name
+    for name in ("fewshot.jsonl", "test.jsonl"):
+        assert (shipped / "targets" / DEMO_TARGET / name).read_bytes() == \
+            (tmp_path / "targets" / DEMO_TARGET / name).read_bytes()
+    relevance = json.loads((tmp_path / "relevance.json").read_text())
+    assert json.loads((shipped / "relevance.json").read_text()) == {DEMO_TARGET: relevance[DEMO_TARGET]}
 
 
 def test_gsm8k_answers_are_worked_and_clean(bench):

@@ -12,7 +12,7 @@ from conftest import write_jsonl, write_parquet
 from transformers import AutoTokenizer
 
 from gradsift.data import records as data
-from gradsift.data.answers import final_answer_start
+from gradsift.data.answers import extract_answer, final_answer_start
 from gradsift.data.chat import FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX, ChatEncoder, collate
 from gradsift.data.index import index_examples
 from gradsift.data.records import read_messages, read_record_bytes, read_records, scan_file, to_messages
@@ -185,6 +185,23 @@ def test_labels_cover_only_assistant_tokens(tokenizer):
 ])
 def test_final_answer_start(reply, answer):
     assert reply[final_answer_start(reply):] == answer
+
+
+@pytest.mark.parametrize("reply, answer", [
+    ("Not True is False. So the answer is False.", "False"),
+    ("16 cups make a gallon.\nThe answer is 15.", "15"),
+    ("3 + 4 = 7\n#### 7", "7"),
+    ("Answer: (B)", "(B)"),
+    ("the answer is maybe; on reflection the answer is no", "no"),
+    ("October", "October"),  # no marker: the reply is taken whole
+    ("  (C)  ", "(C)"),
+])
+def test_extract_answer_splits_where_final_answer_starts(reply, answer):
+    """Evaluation reads a reply's answer where building cuts it: after the last of "the answer is",
+    "Answer:" and "####", on that line, without a trailing "."."""
+    assert extract_answer(reply) == answer
+    start = final_answer_start(reply)
+    assert extract_answer(reply) == reply[start:].split("\n", 1)[0].strip().removesuffix(".")
 
 
 def test_response_labelling_of_a_worked_and_a_direct_reply(tokenizer):

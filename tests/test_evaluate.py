@@ -12,8 +12,9 @@ from conftest import write_jsonl, write_parquet
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from gradsift.config import EvaluateConfig
+from gradsift.data.answers import extract_answer, normalize_answer
 from gradsift.data.chat import ChatEncoder, collate, label_count, per_example_loss
-from gradsift.evaluation.evaluate import _score_choices, _with_answer, evaluate, extract_answer, normalize_answer
+from gradsift.evaluation.evaluate import _score_choices, _with_answer, evaluate
 from gradsift.utils.errors import ConfigError, DataError
 from gradsift.utils.models import load_model
 

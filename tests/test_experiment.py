@@ -15,7 +15,8 @@ import yaml
 from conftest import WORDS, write_jsonl
 
 from gradsift.cli import main
-from gradsift.experiment import Experiment, load_experiment, results_markdown, run_experiment, summarize
+from gradsift.experiment import Experiment, load_experiment, run_experiment, summarize
+from gradsift.experiment.results import results_markdown
 from gradsift.utils.errors import ConfigError
 
 SKILL = "translate french hello world yes no".split()

@@ -1,5 +1,5 @@
-"""warmup -> build -> select through the command line on the real SmolLM2-135M and a small copy of the
-benchmark (real records)."""
+"""warmup -> build -> select through the command line on the real SmolLM2-135M and real records (a
+record of each family of the demo's pool, gradsift/demo_data)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import csv
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from gradsift.benchmark import build_benchmark
 from gradsift.cli import main
 
 pytestmark = pytest.mark.integration
@@ -26,10 +26,14 @@ def all_threads():
 
 
 def test_real_model_pipeline(tmp_path, all_threads):
-    data = tmp_path / "data"
-    build_benchmark(data, unrelated_per_family=1, relevant_scale=0.02)  # one record of most families
+    data = Path(__file__).resolve().parents[1] / "gradsift" / "demo_data"
     # ~40 short records; the pool's BBH chain-of-thought shots (bbh.jsonl) would make the run several times longer
-    pool = [str(p) for p in sorted((data / "pool").glob("*.jsonl")) if p.stem != "bbh"]
+    pool = []
+    for family in sorted((data / "pool").glob("*.jsonl")):
+        if family.stem != "bbh":
+            pool.append(str(tmp_path / "pool" / family.name))
+            (tmp_path / "pool").mkdir(exist_ok=True)
+            Path(pool[-1]).write_text(family.read_text().splitlines()[0] + "\n")
     target = data / "targets" / "quantity_comparison" / "fewshot.jsonl"  # ten short examples, three subtasks
     run, pool_store, target_store, out = (tmp_path / n for n in ("run", "pool", "target", "selection"))
 

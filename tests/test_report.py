@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gradsift.report import PNG_SIGNATURE, results_table, write_report
+from gradsift.report import write_report
+from gradsift.report.html import results_table
+from gradsift.report.markup import PNG_SIGNATURE
 from gradsift.utils.errors import ConfigError
 
 SCRIPT = "<script>alert('x')</script>"
@@ -233,7 +235,7 @@ def test_experiment_report(tmp_path):
     html = (root / "report.html").read_text()
     text = "".join(walker.text)
     for expected in ("Results", "Selections for bbh", "Selections for mmlu", "gemma3-270m", "base", "bm25",
-                     "1.9050 ± 0.0071", "formal_fallacies", "experiment.json"):
+                     "1.905 ± 0.007", "formal_fallacies", "experiment.json"):
         assert expected in text, expected
     assert SCRIPT not in html
     assert html.count("<details") >= 6  # a block per target x method, and the config
@@ -244,10 +246,10 @@ def test_experiment_report(tmp_path):
 
 def test_results_table_bolds_the_best_loss_per_target_and_model():
     rows = [dict(target="t", method=m, model=model, fraction="0.05", seed=s, selected="5", loss=str(loss + s / 100),
-                 accuracy="", precision="", recall="")
+                 accuracy="", precision="", recall="", auc="", length="")
             for m, model, loss in (("less", "a", 1.0), ("random", "a", 1.5), ("less", "b", 3.0)) for s in (0, 1)]
     html = results_table(rows)
-    assert html.count("<b>") == 2 and "<b>1.0050 ± 0.0071</b>" in html and "<b>3.0050 ± 0.0071</b>" in html
+    assert html.count("<b>") == 2 and "<b>1.005 ± 0.007</b>" in html and "<b>3.005 ± 0.007</b>" in html
 
 
 def test_a_folder_of_neither_kind_is_refused(tmp_path):

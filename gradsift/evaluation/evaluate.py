@@ -4,7 +4,8 @@
 - **accuracy**: a record with ``choices`` (a list of strings) is right when the choice with the
   highest summed log-likelihood, put in place of the record's last assistant message, is the one
   equal to that message. Any other record is answered by greedy generation and right when
-  ``normalize_answer(extract_answer(...))`` of the generation and of the reference agree.
+  ``normalize_answer(extract_answer(...))`` (``gradsift.data.answers``) of the generation and of the
+  reference agree.
 
 Writes ``OUTPUT/summary.json`` (loss, accuracy, counts, per-subtask results, settings) and
 ``OUTPUT/examples.jsonl`` (one row per example in input order: file, line, id, subtask, status,
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gradsift.config import EvaluateConfig
+from gradsift.data.answers import extract_answer, normalize_answer
 from gradsift.data.chat import IGNORE_INDEX, ChatEncoder, collate, label_count, per_example_loss
 from gradsift.data.index import index_examples
 from gradsift.data.records import BadRecord, ExampleRef, print_skips, read_messages, read_record_bytes, to_messages
@@ -31,34 +32,6 @@ from gradsift.utils.errors import ConfigError, DataError
 from gradsift.utils.files import atomic_write_bytes, atomic_write_json, read_json
 from gradsift.utils.locks import folder_lock
 from gradsift.utils.models import ModelInfo, load_model, model_fingerprint, pick_device
-
-# -- answers ---------------------------------------------------------------------------------------
-
-_ANSWER_IS = re.compile(r"the answer is", re.IGNORECASE)
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-# Non-word characters (punctuation, quotes, brackets, whitespace) at either end; a leading minus sign
-# of a number stays.
-_EDGES = re.compile(r"^(?:(?!-\d)[\W_])+|[\W_]+$")
-
-
-def extract_answer(text: str) -> str:
-    """The final answer of a (chain-of-thought) response: what follows the last "the answer is" on its
-    line, else the last non-empty line."""
-    matches = list(_ANSWER_IS.finditer(text))
-    if matches:
-        tail = text[matches[-1].end():].split("\n", 1)[0]
-        return tail.strip().strip(":").strip().removesuffix(".").strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, whitespace collapsed, thousands separators removed, surrounding punctuation, quotes and
-    brackets stripped: "(A)" -> "a", " 1,000. " -> "1000". Articles stay (a choice letter may be "a");
-    an answer made only of punctuation (a bracket sequence) is kept rather than erased."""
-    text = _THOUSANDS.sub("", " ".join(text.lower().split()))
-    return _EDGES.sub("", text) or text
-
 
 # -- records ---------------------------------------------------------------------------------------
 

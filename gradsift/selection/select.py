@@ -19,26 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from gradsift.config import SelectConfig
-from gradsift.data.chat import ChatEncoder
 from gradsift.data.index import ROWS_AT_ONCE
 from gradsift.data.records import STATUSES, print_skips, read_records
 from gradsift.selection.methods import (
-    METHODS,
-    Bm25,
-    Exact,
-    FullPool,
-    Fusion,
-    Less,
     Pool,
-    RandomSelection,
-    Rds,
     SelectionMethod,
     Target,
+    method_class,
 )
-from gradsift.selection.methods.exact import run_encoder
 from gradsift.selection.scoring import top_k
 from gradsift.store.datastore import GradientStore
-from gradsift.training.run import Run
 from gradsift.utils.errors import ConfigError
 from gradsift.utils.files import atomic_write_chunks, atomic_write_json
 from gradsift.utils.locks import folder_lock
@@ -58,53 +48,15 @@ class Selection:
         return self.ranking[: self.count]
 
 
-def token_limit(config: SelectConfig) -> int:
-    """--max-length, else exact's run's own limit (its stores were tokenized with it), else 1024."""
-    if config.max_length is not None:
-        if config.max_length < 1:
-            raise ConfigError(f"--max-length must be a positive number of tokens, got {config.max_length}")
-        return config.max_length
-    if config.method == "exact" and config.run is not None:
-        return Run.open(config.run).config["max_length"]
-    return 1024
-
-
-def records_encoder(config: SelectConfig) -> ChatEncoder | None:
-    """How a method that reads records files tokenizes them: exact takes gradients, so its rows are
-    tokenized as its pass will (and those without label tokens set aside); the others do not tokenize."""
-    return run_encoder(config.run, token_limit(config)) if config.method == "exact" else None
-
-
-def make_method(config: SelectConfig) -> SelectionMethod:
+def make_method(config: SelectConfig, labels: dict[str, set[str]] | None = None) -> SelectionMethod:
     """The configured method, with the settings it uses."""
-    similarity = {"aggregate": config.aggregate, "chunk_rows": config.chunk_rows}
-    max_length = token_limit(config)
-    if config.method == "less":
-        return Less(**similarity)
-    if config.method == "fusion":
-        return Fusion(**similarity, fuse=config.fuse, model=config.model or "", max_length=max_length,
-                      batch_size=config.batch_size, device=config.device)
-    if config.method == "exact":
-        return Exact(**similarity, run=config.run, work=Path(config.output) / "exact", adam_form=config.adam_form,
-                     max_length=max_length, batch_size=config.batch_size, chunk_size=config.chunk_size,
-                     device=config.device)
-    if config.method == "bm25":
-        return Bm25(**similarity)
-    if config.method == "rds":
-        if not config.model:
-            raise ConfigError("--method rds needs the selector model: --model MODEL")
-        return Rds(**similarity, model=config.model, max_length=max_length, batch_size=config.batch_size,
-                   device=config.device)
-    if config.method == "random":
-        return RandomSelection(seed=config.seed)
-    if config.method == "full":
-        return FullPool()
-    raise ConfigError(f"unknown method {config.method!r}; known: {sorted(METHODS)}")
+    return method_class(config.method).from_config(config, labels)
 
 
 def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
-    """The pool and targets: gradient stores for less, records files for every other method."""
-    if config.method in ("less", "fusion"):
+    """The pool and targets: gradient stores for methods that read them, records files for the others."""
+    cls = method_class(config.method)
+    if cls.reads == "stores":
         if config.train_store is None or not config.target_store:
             raise ConfigError(f"--method {config.method} selects from gradient stores: give --train-store and "
                               "--target-store (or --pool and --target with --method bm25, rds or random)")
@@ -112,7 +64,7 @@ def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
         return Pool.from_store(pool), [Target.from_store(GradientStore.open(p)) for p in config.target_store]
     if not config.pool or not config.target:
         raise ConfigError(f"--method {config.method} reads records files: give --pool and --target")
-    encoder = records_encoder(config)
+    encoder = cls.encoder(config)
     pool = Pool.from_files(config.pool, config.skip_bad_records, encoder)
     return pool, [Target.from_files(Path(config.target[0]).stem, config.target, config.skip_bad_records, encoder)]
 

@@ -96,6 +96,12 @@ def atomic_write_jsonl(path: Path, records) -> None:
     atomic_write_bytes(path, text.translate(_LINE_BREAKS).encode())
 
 
+def slug(text: str) -> str:
+    """TEXT as a name for a file or an HTML id: each character other than a letter, a digit, ``-``, ``_`` or
+    ``.`` becomes ``-``, one for one (for a model path, pass ``Path(model).name``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
 

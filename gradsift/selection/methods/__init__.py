@@ -1,6 +1,19 @@
-"""Selection methods, one class each; ``METHODS`` maps ``--method`` names to them."""
+"""Selection methods, one file each; importing this package registers the built-in ones in ``METHODS``.
 
-from gradsift.selection.methods.base import Pool, SelectionMethod, SimilarityMethod, Target, TargetScores, subtask_of
+A new method is one file: a ``SelectionMethod`` subclass decorated with ``@register`` (``base``)."""
+
+from gradsift.selection.methods.base import (
+    METHODS,
+    Pool,
+    SelectionMethod,
+    SimilarityMethod,
+    Target,
+    TargetScores,
+    method_class,
+    register,
+    selectable,
+    subtask_of,
+)
 from gradsift.selection.methods.bm25 import Bm25
 from gradsift.selection.methods.exact import Exact
 from gradsift.selection.methods.full import FullPool
@@ -10,9 +23,6 @@ from gradsift.selection.methods.oracle import Oracle
 from gradsift.selection.methods.random import RandomSelection
 from gradsift.selection.methods.rds import Rds
 
-# Oracle is not among them: it reads a benchmark's labels, and only experiments run it
-METHODS: dict[str, type[SelectionMethod]] = {m.name: m for m in (Fusion, Less, Exact, RandomSelection, Bm25, Rds,
-                                                                 FullPool)}
-
-__all__ = ["METHODS", "Bm25", "Exact", "FullPool", "Fusion", "Less", "Oracle", "Pool", "RandomSelection", "Rds", "SelectionMethod",
-           "SimilarityMethod", "Target", "TargetScores", "subtask_of"]
+__all__ = ["METHODS", "Bm25", "Exact", "FullPool", "Fusion", "Less", "Oracle", "Pool", "RandomSelection", "Rds",
+           "SelectionMethod", "SimilarityMethod", "Target", "TargetScores", "method_class", "register", "selectable",
+           "subtask_of"]

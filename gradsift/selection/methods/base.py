@@ -1,8 +1,12 @@
-"""The one shape every selection method has: a pool and targets in, one score per pool row per target out.
+"""The one shape every selection method has: a pool and targets in, one score per pool row per target out,
+and the one registry of methods (``METHODS``, filled by ``@register``).
 
 Ranking, ties, the selection size and the output files are shared (``gradsift.selection.select``); a method only
-scores. Methods that compare each pool row with each target example (less, bm25, rds) subclass
-``SimilarityMethod`` and share the aggregation over target subtasks.
+scores. Its class says what it reads (records files or gradient stores, a warmup run, a selector model,
+a benchmark's labels), whether it is seeded and whether it takes the whole pool; ``select``, ``experiment``,
+the config checks and the command line ask the registry and never name a method. Methods that compare
+each pool row with each target example (less, bm25, rds, exact) subclass ``SimilarityMethod`` and share
+the aggregation over target subtasks.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, Literal, TypeVar
 
 import numpy as np
 import torch
 
+from gradsift.config import SelectConfig
 from gradsift.data.chat import ChatEncoder
 from gradsift.data.index import StoreIndex, index_examples
 from gradsift.data.records import ExampleRef
@@ -106,8 +111,33 @@ class TargetScores:
 
 
 class SelectionMethod(ABC):
-    name: ClassVar[str]
-    selects_all: ClassVar[bool] = False  # full: the selection is the whole pool, whatever --fraction says
+    name: ClassVar[str]  # its --method name and its label in summary.json
+    about: ClassVar[str]  # one line for --help
+    reads: ClassVar[Literal["records", "stores"]] = "records"  # records files (--pool, --target), or gradient
+    # stores (--train-store, --target-store) that an experiment builds from its warmup run
+    reads_run: ClassVar[bool] = False  # a warmup run: its stores, or its checkpoints directly (--run)
+    reads_model: ClassVar[bool] = False  # a selector model run over the records (--model; an experiment's own)
+    reads_labels: ClassVar[bool] = False  # a benchmark's relevance labels: experiments only, never --method
+    seeded: ClassVar[bool] = False  # depends on --seed: an experiment selects once per seed, else once for all
+    selects_all: ClassVar[bool] = False  # the selection is the whole pool, whatever --fraction says
+
+    @classmethod
+    def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> SelectionMethod:
+        """The method with the settings it takes from ``config`` (and, for ``reads_labels``, the labels)."""
+        return cls()
+
+    @classmethod
+    def token_limit(cls, config: SelectConfig) -> int:
+        """Tokens an example is truncated to: --max-length, else 1024."""
+        if config.max_length is not None and config.max_length < 1:
+            raise ConfigError(f"--max-length must be a positive number of tokens, got {config.max_length}")
+        return 1024 if config.max_length is None else config.max_length
+
+    @classmethod
+    def encoder(cls, config: SelectConfig) -> ChatEncoder | None:
+        """How the method tokenizes records files: None for methods that read text only (their rows are
+        all scorable); one that takes gradients sets aside rows left without label tokens."""
+        return None
 
     @abstractmethod
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
@@ -155,3 +185,35 @@ class SimilarityMethod(SelectionMethod):
 
     def settings(self) -> dict:
         return {"aggregate": self.aggregate}
+
+    @classmethod
+    def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> SelectionMethod:
+        return cls(**cls.similarity_settings(config))
+
+    @staticmethod
+    def similarity_settings(config: SelectConfig) -> dict:
+        return {"aggregate": config.aggregate, "chunk_rows": config.chunk_rows}
+
+
+Method = TypeVar("Method", bound=type[SelectionMethod])
+METHODS: dict[str, type[SelectionMethod]] = {}  # --method name -> class: every method gradsift knows
+
+
+def register(cls: Method) -> Method:
+    """Class decorator: make a method known to ``select --method``, experiments and the config checks."""
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"a selection method named {cls.name!r} is already registered ({METHODS[cls.name]})")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[SelectionMethod]:
+    """The registered method of that name; an unknown name is a ConfigError listing the known ones."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def selectable() -> list[str]:
+    """The methods ``select --method`` offers: every registered one but those that read labels."""
+    return sorted(name for name, cls in METHODS.items() if not cls.reads_labels)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from gradsift.data.records import ExampleRef, read_messages
-from gradsift.selection.methods.base import Pool, SimilarityMethod, Target
+from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
 
 
 def record_text(ref: ExampleRef) -> str:
@@ -18,9 +18,11 @@ def record_text(ref: ExampleRef) -> str:
     return "\n".join(m["content"] for m in read_messages(ref))
 
 
+@register
 @dataclass
 class Bm25(SimilarityMethod):
     name: ClassVar[str] = "bm25"
+    about: ClassVar[str] = "BM25 of each target example's text against the pool's texts (records)"
     k1: float = 1.5
     b: float = 0.75
 

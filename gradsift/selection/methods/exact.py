@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gradsift.config import AdamForm
+from gradsift.config import AdamForm, SelectConfig
 from gradsift.data.chat import ChatEncoder
 from gradsift.features.adam import normalize_rows
 from gradsift.features.engine import chunk_features, load_features_model, open_run, use_checkpoint
 from gradsift.features.gradients import PerExampleGradients
-from gradsift.selection.methods.base import Pool, SimilarityMethod, Target
+from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
 from gradsift.selection.scoring import checkpoint_weights
 from gradsift.training.run import Run
 from gradsift.utils.errors import ConfigError
@@ -166,9 +166,12 @@ class CosineWork:
 
 
 # -- the method --------------------------------------------------------------------------------------
+@register
 @dataclass
 class Exact(SimilarityMethod):
     name: ClassVar[str] = "exact"
+    about: ClassVar[str] = "LESS with no projection, from the warmup run's checkpoints directly (records, --run)"
+    reads_run: ClassVar[bool] = True
     run: Path | None = None  # the warmup run
     work: Path | None = None  # where the cosines are committed (``gradsift select``: OUTPUT/exact)
     adam_form: AdamForm = "corrected"
@@ -261,3 +264,21 @@ class Exact(SimilarityMethod):
         run, weights = self._run()
         return {**super().settings(), "run": str(run.path), "adam_form": self.adam_form, "max_length": self.max_length,
                 "checkpoint_weights": {c.path.name: float(w) for c, w in zip(run.checkpoints, weights)}}
+
+    @classmethod
+    def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> Exact:
+        return cls(**cls.similarity_settings(config), run=config.run, work=Path(config.output) / "exact",
+                   adam_form=config.adam_form, max_length=cls.token_limit(config), batch_size=config.batch_size,
+                   chunk_size=config.chunk_size, device=config.device)
+
+    @classmethod
+    def token_limit(cls, config: SelectConfig) -> int:
+        """--max-length, else the run's own limit (its stores were tokenized with it)."""
+        if config.max_length is None and config.run is not None:
+            return Run.open(config.run).config["max_length"]
+        return super().token_limit(config)
+
+    @classmethod
+    def encoder(cls, config: SelectConfig) -> ChatEncoder:
+        """Rows are tokenized as the gradient pass will, and those without label tokens set aside."""
+        return run_encoder(config.run, cls.token_limit(config))

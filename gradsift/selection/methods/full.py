@@ -7,12 +7,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from gradsift.selection.methods.base import Pool, SelectionMethod, Target, TargetScores
+from gradsift.selection.methods.base import Pool, SelectionMethod, Target, TargetScores, register
 
 
+@register
 @dataclass
 class FullPool(SelectionMethod):
     name: ClassVar[str] = "full"
+    about: ClassVar[str] = "the whole pool, whatever --fraction says (records)"
     selects_all: ClassVar[bool] = True
 
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:

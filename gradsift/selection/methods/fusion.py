@@ -15,17 +15,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from gradsift.config import Aggregate, Fuse
-from gradsift.selection.methods.base import Pool, SelectionMethod, Target, TargetScores
+from gradsift.config import Aggregate, Fuse, SelectConfig
+from gradsift.selection.methods.base import Pool, SelectionMethod, SimilarityMethod, Target, TargetScores, register
 from gradsift.selection.methods.bm25 import Bm25
 from gradsift.selection.methods.less import Less
 from gradsift.selection.methods.rds import Rds
 from gradsift.selection.scoring import fuse_ranks
 
 
+@register
 @dataclass
 class Fusion(SelectionMethod):
     name: ClassVar[str] = "fusion"
+    about: ClassVar[str] = "the default: the ranks of less, bm25 and rds fused (stores; rds with the stores' model)"
+    reads: ClassVar[str] = "stores"
+    reads_run: ClassVar[bool] = True
+    reads_model: ClassVar[bool] = True
     aggregate: Aggregate = "subtask-mean-max"
     fuse: Fuse = "median"
     model: str = ""  # rds's model; default: the pool store's
@@ -51,3 +56,8 @@ class Fusion(SelectionMethod):
     def settings(self) -> dict:
         return {"aggregate": self.aggregate, "fuse": self.fuse, "members": ["less", "bm25", "rds"],
                 "model": self.model or None, "max_length": self.max_length}
+
+    @classmethod
+    def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> Fusion:
+        return cls(**SimilarityMethod.similarity_settings(config), fuse=config.fuse, model=config.model or "",
+                   max_length=cls.token_limit(config), batch_size=config.batch_size, device=config.device)

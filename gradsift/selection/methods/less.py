@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gradsift.selection.methods.base import Pool, SimilarityMethod, Target
+from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
 from gradsift.selection.scoring import checkpoint_weights, subtask_mean_rows, weighted_similarity
 from gradsift.store.compact import as_signs, sign_cosine
 from gradsift.utils.errors import ConfigError
@@ -19,9 +19,13 @@ from gradsift.utils.errors import ConfigError
 CHUNK_BYTES = 1 << 28  # decoded pool rows of one chunk (one buffer, and the next chunk as stored): memory stays flat
 
 
+@register
 @dataclass
 class Less(SimilarityMethod):
     name: ClassVar[str] = "less"
+    about: ClassVar[str] = "LESS: cosine of the pool's Adam gradient features with the targets' gradients (stores)"
+    reads: ClassVar[str] = "stores"
+    reads_run: ClassVar[bool] = True
 
     def _signs(self, pool: Pool, targets: list[Target]) -> bool:
         """Sign rows (a bit store on either side) are compared as signs, by their Hamming estimate."""

@@ -13,13 +13,17 @@ from typing import ClassVar
 
 import numpy as np
 
-from gradsift.selection.methods.base import Pool, SelectionMethod, Target, TargetScores
+from gradsift.config import SelectConfig
+from gradsift.selection.methods.base import Pool, SelectionMethod, Target, TargetScores, register
 from gradsift.utils.errors import ConfigError
 
 
+@register
 @dataclass
 class Oracle(SelectionMethod):
     name: ClassVar[str] = "oracle"
+    about: ClassVar[str] = "the records a benchmark labels relevant (experiments with relevance labels only)"
+    reads_labels: ClassVar[bool] = True
     relevance: dict[str, set[str]] = field(default_factory=dict)  # {target: relevant pool ids}
     seed: int = 0
 
@@ -34,3 +38,9 @@ class Oracle(SelectionMethod):
 
     def settings(self) -> dict:
         return {"seed": self.seed, "relevant": {name: len(ids) for name, ids in sorted(self.relevance.items())}}
+
+    @classmethod
+    def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> Oracle:
+        if labels is None:
+            raise ConfigError("the oracle selects a benchmark's labelled records: it needs relevance labels")
+        return cls(labels)

@@ -8,12 +8,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from gradsift.selection.methods.base import Pool, SelectionMethod, Target, TargetScores
+from gradsift.config import SelectConfig
+from gradsift.selection.methods.base import Pool, SelectionMethod, Target, TargetScores, register
 
 
+@register
 @dataclass
 class RandomSelection(SelectionMethod):
     name: ClassVar[str] = "random"
+    about: ClassVar[str] = "a seeded random draw: the baseline every method must beat (records)"
+    seeded: ClassVar[bool] = True
     seed: int = 0
 
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
@@ -22,3 +26,7 @@ class RandomSelection(SelectionMethod):
 
     def settings(self) -> dict:
         return {"seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> RandomSelection:
+        return cls(seed=config.seed)

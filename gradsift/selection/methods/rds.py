@@ -12,10 +12,12 @@ from typing import ClassVar, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from gradsift.config import SelectConfig
 from gradsift.data.chat import ChatEncoder, collate
 from gradsift.data.records import read_messages
 from gradsift.features.adam import normalize_rows
-from gradsift.selection.methods.base import Pool, SimilarityMethod, Target
+from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
+from gradsift.utils.errors import ConfigError
 from gradsift.utils.models import load_model, pick_device
 
 
@@ -27,9 +29,12 @@ def weighted_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> to
     return torch.einsum("bt,bth->bh", weights, hidden.float())
 
 
+@register
 @dataclass
 class Rds(SimilarityMethod):
     name: ClassVar[str] = "rds"
+    about: ClassVar[str] = "RDS+: cosine of the selector model's pooled hidden states (records, --model)"
+    reads_model: ClassVar[bool] = True
     model: str = ""
     max_length: int = 1024
     batch_size: int = 16
@@ -65,3 +70,10 @@ class Rds(SimilarityMethod):
 
     def settings(self) -> dict:
         return {**super().settings(), "model": self.model, "max_length": self.max_length}
+
+    @classmethod
+    def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> Rds:
+        if not config.model:
+            raise ConfigError("--method rds needs the selector model: --model MODEL")
+        return cls(**cls.similarity_settings(config), model=config.model, max_length=cls.token_limit(config),
+                   batch_size=config.batch_size, device=config.device)

@@ -1,6 +1,6 @@
 """gradsift's benchmark with known answers: a pool of real records in which, for each of four targets,
-a labelled minority teaches the target's skill. The committed experiment (EXPERIMENTS.md) runs on it
-and ``gradsift demo`` on a small copy of it.
+a labelled minority teaches the target's skill. The committed experiment (docs/results.md) runs on it
+and ``gradsift demo`` on a small copy of it (shipped in gradsift/demo_data).
 
     python experiments/build_benchmark.py [--output experiments/benchmark] [--seed 0]
 

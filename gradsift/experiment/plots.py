@@ -1,0 +1,44 @@
+"""``results.png``: test loss per method and target, mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from gradsift.utils.files import atomic_write_bytes
+
+
+def results_plot(stats: list[dict], path: Path) -> None:
+    """Test loss per method (mean ± std over seeds: ``results.summarize``'s entries), one panel per target;
+    the untrained model as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(dict.fromkeys(s["target"] for s in stats))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        mine = [s for s in stats if s["target"] == target and s["loss"] is not None]
+        bars = [s for s in mine if s["method"] != "base"]
+        names = [f"{s['method']}" + ("" if s["model"] == bars[0]["model"] else f"\n{Path(s['model']).name}")
+                 + ("" if s["fraction"] in (1.0,) or len({b['fraction'] for b in bars}) == 1 else f" {s['fraction']:g}")
+                 for s in bars] if bars else []
+        ax.bar(range(len(bars)), [s["loss"] for s in bars], yerr=[s["loss_std"] for s in bars], capsize=3,
+               color=[f"C{k % 10}" for k in range(len(bars))])
+        for s in mine:
+            if s["method"] == "base":
+                ax.axhline(s["loss"], color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(bars)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(target)
+        ax.set_ylabel("test loss (lower is better)")
+        if bars:
+            low = min(s["loss"] - (s["loss_std"] or 0) for s in mine)
+            ax.set_ylim(bottom=max(0.0, low - 0.1 * abs(low)))
+    fig.suptitle("test loss after training on each selection\n(dashed: the untrained model)", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
