@@ -52,7 +52,7 @@ from gradsift.config import BuildConfig, WarmupConfig
 from gradsift.data.chat import ChatEncoder, collate, encode_refs, per_example_loss
 from gradsift.data.index import index_examples
 from gradsift.data.records import read_records
-from gradsift.features.adam import normalize_rows
+from gradsift.features.adam import AdamState, normalize_rows
 from gradsift.features.build import build
 from gradsift.features.gradients import PerExampleGradients
 from gradsift.features.projection import PROJECTORS, make_projector
@@ -109,7 +109,8 @@ def load(args):
     last = run.checkpoints[-1]
     set_peft_model_state_dict(model, last.adapter_state())
     model.eval()
-    return model, last.adam([n for n, _ in lora_parameters(model)], device), tokenizer, device
+    m, v = last.adam_state([n for n, _ in lora_parameters(model)])
+    return model, AdamState(m.to(device), v.to(device), last.step, last.betas, last.eps), tokenizer, device
 
 
 def batches(examples, size, pad: int, device):
@@ -379,10 +380,10 @@ def main():
         print(json.dumps(results[f"sparse-{args.memory_examples}"]), flush=True)
     if "training" in results:
         floor = results["training"]["examples_per_s"]
-        for v, r in results.items():
+        for r in results.values():
             r["time_vs_training"] = floor / r["examples_per_s"]
     if "reference" in results:
-        for v, r in results.items():
+        for r in results.values():
             r["speedup_vs_reference"] = r["examples_per_s"] / results["reference"]["examples_per_s"]
     record = run_record("bench/build_speed.py", args, results)
     if "quality" not in args.skip:

@@ -58,7 +58,8 @@ def synthetic_index(rows: int, pool: Path, subtasks: int = 0):
         "file": pa.DictionaryArray.from_arrays(pa.array(n % 100, pa.int32()), pa.array(names)).cast(pa.string()),
         "line": pa.array(n // 100 + 1), "offset": pa.array((n // 100) * RECORD),
         "length": pa.array(np.full(rows, RECORD - 1)), "id": pa.array([f"r{k}" for k in range(rows)]),
-        "source": pa.array([f"source-{k % 20}" for k in range(rows)]), "subtask": pa.array([f"subtask-{k % subtasks}" if subtasks else "" for k in range(rows)]),
+        "source": pa.array([f"source-{k % 20}" for k in range(rows)]),
+        "subtask": pa.array([f"subtask-{k % subtasks}" if subtasks else "" for k in range(rows)]),
         "tokens": pa.array(np.full(rows, 256)), "label_tokens": pa.array(np.full(rows, 128)),
         "chars": pa.array(np.full(rows, 60)), "non_finite_gradient": pa.array(np.zeros(rows, bool)),
     })

@@ -34,11 +34,11 @@ import json
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
-from typing import Callable, Iterator
 
 import yaml
 
@@ -420,7 +420,7 @@ def _fewshot_configs(folder: Path) -> dict[str, tuple[str, list[dict]]]:
     return configs
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bbh_configs() -> dict[str, tuple[str, list[dict]]]:
     return _fewshot_configs(_package_path("lm-eval", BBH_DIR))
 

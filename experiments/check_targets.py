@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from gradsift.config import WarmupConfig  # noqa: E402
 from gradsift.data.chat import IGNORE_INDEX, ChatEncoder, collate, per_example_loss  # noqa: E402
-from gradsift.training.warmup import Run, warmup
+from gradsift.training.warmup import Run, warmup  # noqa: E402
 from gradsift.utils.files import atomic_write_json  # noqa: E402
 from gradsift.utils.models import cache_dir, load_model  # noqa: E402
 

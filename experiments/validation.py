@@ -13,8 +13,8 @@ own examples is a selector that needs no labels.
 
 Writes OUTPUT/validation.csv (one row per target, method, seed: few-shot loss, its mean over the
 few-shot subtasks and per subtask, test loss) and prints, and writes to OUTPUT/validation.md, per
-target: each method's mean of those over seeds, and per seed which method each would pick. The evaluations go where the experiment's do
-(OUTPUT/eval/TARGET/, under another key); one already done is reused.
+target: each method's mean of those over seeds, and per seed which method each would pick. The evaluations go
+where the experiment's do (OUTPUT/eval/TARGET/, under another key); one already done is reused.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Command line: ``gradsift warmup | build | select | train | evaluate | experiment | report | inspect | run | demo``. Each subcommand maps one-to-one onto
+"""Command line: ``gradsift warmup | build | select | train | evaluate | experiment | report | inspect | run |
+demo``. Each subcommand maps one-to-one onto
 a stage's config dataclass, whose field help strings and defaults are the flags' help and defaults."""
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ class TrainingArguments:
 @dataclass
 class WarmupConfig(TrainingArguments):
     model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
-    train: list[Path] = field(metadata={"help": "pool files (JSON Lines, JSON array or Parquet); the warmup samples from their union"})
+    train: list[Path] = field(metadata={
+        "help": "pool files (JSON Lines, JSON array or Parquet); the warmup samples from their union"})
     output: Path = field(metadata={"help": "run folder to write"})
     fraction: float = field(default=0.05, metadata={"help": "fraction of the pool to warm up on"})
 

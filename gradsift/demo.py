@@ -74,12 +74,12 @@ def demo(output: Path = Path("gradsift-demo"), model: str = "smollm2-135m", sett
 
     stats = {s["method"]: s for s in summarize(rows)}
     console.print(f"\n[bold]{DEMO_TARGET}[/bold]: held-out test loss on {target['counts']['test']} items "
-                  f"(lower is better), after LoRA training on {stats['less']['selected']} selected records")
+                  f"(lower is better), after LoRA training on {stats['less']['selected']} selected records", soft_wrap=True)
     for method, label in SHOWN:
         s = stats[method]
         extra = "" if method == "base" else f"   relevant records selected: {s['precision']:.0%}"
         accuracy = "" if s["accuracy"] is None else f"   accuracy {s['accuracy']:.2f}"
-        console.print(f"  {label:18s} loss {s['loss']:.3f}{accuracy}{extra}")
+        console.print(f"  {label:18s} loss {s['loss']:.3f}{accuracy}{extra}", soft_wrap=True)
     console.print(f"\nreport: {report}\ndone in {(time.time() - started) / 60:.1f} min. Re-run or vary: "
                   f"gradsift experiment {config_path} --output {output / 'experiment'}", soft_wrap=True)
     return rows

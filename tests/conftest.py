@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import random
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import WORDS, select_data, warmup_config
+
+from gradsift.training.warmup import warmup
 
 # The test models are tiny: one thread is much faster than several contending for a few cores.
 torch.set_num_threads(1)
@@ -17,43 +18,6 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-WORDS = ("the cat dog sat on mat red blue green one two three four five six seven add plus minus equals "
-         "answer question logic true false because so therefore translate french hello world yes no").split()
-
-
-def random_text(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n))
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-def write_parquet(path: Path, records: list[dict]) -> Path:
-    """One row per record; a column per key of any record, null in the rows that lack it."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = dict.fromkeys(key for r in records for key in r)
-    pq.write_table(pa.Table.from_pydict({key: [r.get(key) for r in records] for key in columns}), path)
-    return path
-
-
-def chat_records(rng: random.Random, n: int, prefix: str, subtask: str | None = None) -> list[dict]:
-    records = []
-    for k in range(n):
-        r = {"id": f"{prefix}-{k}", "messages": [
-            {"role": "user", "content": random_text(rng, rng.randint(3, 20))},
-            {"role": "assistant", "content": random_text(rng, rng.randint(2, 15))}]}
-        if subtask:
-            r["subtask"] = subtask
-        records.append(r)
-    return records
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
@@ -85,3 +49,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GRADSIFT_CACHE", os.environ.get("GRADSIFT_TEST_CACHE", str(tmp_path_factory.getbasetemp() / "cache")))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """pool_a.jsonl and pool_b.jsonl with three copies of the target examples in three formats and
+    unusual formatting, one example whose answer is truncated away, and target.jsonl (``select_data``)."""
+    return select_data(tmp_path_factory.mktemp("select-data"))
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, data):
+    return warmup(warmup_config(tiny_model_dir, data, data["root"] / "run"))
+
+

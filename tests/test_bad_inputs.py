@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import chat_records, write_jsonl, write_parquet
+from helpers import chat_records, write_jsonl, write_parquet
 
 from gradsift.cli import main
 
@@ -152,7 +152,8 @@ def stores(ctx):
 
 
 def select_stores(pool: Path, target: Path, out: Path) -> list[str]:
-    return ["select", "--method", "less", "--train-store", str(pool), "--target-store", str(target), "--count", "2", "--output", str(out)]
+    return ["select", "--method", "less", "--train-store", str(pool), "--target-store", str(target), "--count", "2",
+            "--output", str(out)]
 
 
 def test_a_target_store_of_another_run_is_refused(stores, tmp_path, capsys):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import chat_records, write_jsonl
+from helpers import chat_records, write_jsonl
 
 from gradsift.cli import build_parser, main
 from gradsift.pipeline import load_pipeline

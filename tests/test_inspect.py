@@ -8,7 +8,7 @@ import random
 import shutil
 
 import pytest
-from conftest import chat_records, write_jsonl
+from helpers import chat_records, write_jsonl
 
 from gradsift.cli import main
 from gradsift.inspection import inspect

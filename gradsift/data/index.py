@@ -11,10 +11,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -49,19 +48,19 @@ class StoreIndex(Sequence):
         self.table = table if table.schema.equals(SCHEMA) else table.cast(SCHEMA)  # a store of any version
 
     @classmethod
-    def from_refs(cls, refs) -> "StoreIndex":
+    def from_refs(cls, refs) -> StoreIndex:
         if isinstance(refs, StoreIndex):
             return refs
         return cls(pa.table({f.name: pa.array([getattr(r, f.name) for r in refs], type=f.type) for f in SCHEMA}))
 
     @classmethod
-    def concat(cls, parts: list["StoreIndex"]) -> "StoreIndex":
+    def concat(cls, parts: list[StoreIndex]) -> StoreIndex:
         """The rows of ``parts`` one after the other, their chunks kept (joining them would copy the whole
         index), with one dictionary per coded column."""
         return cls(pa.concat_tables([p.table for p in parts]).unify_dictionaries())
 
     @classmethod
-    def read(cls, store: Path) -> "StoreIndex":
+    def read(cls, store: Path) -> StoreIndex:
         if (Path(store) / "index.parquet").exists():
             return cls(pq.read_table(Path(store) / "index.parquet", read_dictionary=REPEATED))
         with open(Path(store) / "index.jsonl") as f:  # format 1
@@ -128,7 +127,7 @@ class StoreIndex(Sequence):
         """Rows with a status of "ok": label tokens left and a finite gradient."""
         return self.status_codes() == 0
 
-    def with_non_finite(self, rows) -> "StoreIndex":
+    def with_non_finite(self, rows) -> StoreIndex:
         flags = self.column("non_finite_gradient").astype(bool)
         flags[np.asarray(sorted(rows), dtype=np.int64)] = True
         position = self.table.schema.get_field_index("non_finite_gradient")

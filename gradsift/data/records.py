@@ -15,10 +15,10 @@ has no byte span of its own: it is re-read by its 1-based number and written bac
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 

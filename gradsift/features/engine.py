@@ -56,7 +56,10 @@ def use_checkpoint(model, checkpoint: Checkpoint, grads: PerExampleGradients, de
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, checkpoint.adapter_state())
-    return checkpoint.adam(grads.names, device) if adam else None
+    if not adam:
+        return None
+    m, v = checkpoint.adam_state(grads.names)  # the moments, with the checkpoint's step, betas and eps
+    return AdamState(m.to(device), v.to(device), checkpoint.step, checkpoint.betas, checkpoint.eps)
 
 
 def batch_features(grads: PerExampleGradients, reducers: list[RowReducer], batch: dict[str, torch.Tensor],

@@ -17,7 +17,7 @@ weight gradients, which no caller reads (with them a build cost 1.06x a training
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -44,7 +44,7 @@ class PerExampleGradients:
         self._consume: Consumer | None = None
         self._handles = []
 
-    def __enter__(self) -> "PerExampleGradients":
+    def __enter__(self) -> PerExampleGradients:
         modules = dict(self.model.named_modules())
         for i, (name, param) in enumerate(zip(self.names, self._params)):
             module = modules[name.rsplit(".", 1)[0]]

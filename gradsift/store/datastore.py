@@ -110,7 +110,7 @@ class GradientStore:
 
     # -- creating and opening ------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, manifest: dict, index: list[ExampleRef]) -> "GradientStore":
+    def create(cls, path: Path, manifest: dict, index: list[ExampleRef]) -> GradientStore:
         """Lay out a new, empty store (status "building") with zero-filled feature files."""
         path = Path(path)
         (path / "features").mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ class GradientStore:
         return cls(path, manifest, index)
 
     @classmethod
-    def open(cls, path: Path) -> "GradientStore":
+    def open(cls, path: Path) -> GradientStore:
         path = Path(path)
         if not (path / "manifest.json").exists():
             raise ConfigError(f"{path} is not a gradient store (no manifest.json); build one with `gradsift build`")
@@ -312,7 +312,7 @@ class GradientStore:
                                                           for f, _, _ in store_layout(self.path, self.manifest)]
 
     # -- comparing -------------------------------------------------------------------------------
-    def check_comparable(self, other: "GradientStore") -> None:
+    def check_comparable(self, other: GradientStore) -> None:
         """Refuse to compare stores whose model, run, checkpoints, projection or parameters differ."""
         differ = [k for k in COMPARABLE if self.manifest.get(k) != other.manifest.get(k)]
         if differ:

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from gradsift.features.adam import AdamState
 from gradsift.utils.errors import ConfigError
 from gradsift.utils.files import atomic_write_json, read_json
 from gradsift.utils.models import ModelInfo, load_model
@@ -52,11 +51,6 @@ class Checkpoint:
         flat = lambda key: torch.cat([state[f"{key}.{n}"].flatten().float() for n in names])  # noqa: E731
         return flat("exp_avg"), flat("exp_avg_sq")
 
-    def adam(self, names: list[str], device: torch.device | str = "cpu") -> AdamState:
-        """The moments with this checkpoint's step, betas and eps: what Adam features need."""
-        m, v = self.adam_state(names)
-        return AdamState(m.to(device), v.to(device), self.step, self.betas, self.eps)
-
 
 @dataclass
 class Run:
@@ -70,7 +64,7 @@ class Run:
     bad_records: list[dict] = field(default_factory=list)  # skipped with --skip-bad-records: file, line, problem
 
     @classmethod
-    def open(cls, path: Path) -> "Run":
+    def open(cls, path: Path) -> Run:
         path = Path(path)
         if not (path / "run.json").exists():
             raise ConfigError(f"{path} is not a warmup run (no run.json); create one with `gradsift warmup`")

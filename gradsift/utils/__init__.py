@@ -1,1 +1,2 @@
-"""Supports every stage leans on: errors, atomic files and checksums, folder locks, crash points for tests, the torch.distributed world, model loading."""
+"""Supports every stage leans on: errors, atomic files and checksums, folder locks, crash points for
+tests, the torch.distributed world, model loading."""

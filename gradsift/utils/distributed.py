@@ -8,10 +8,10 @@ Started any other way, the world is this one process and every collective is a n
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ class World:
         return self.rank == 0
 
     @classmethod
-    def current(cls, device: torch.device | None = None) -> "World":
+    def current(cls, device: torch.device | None = None) -> World:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size == 1:
             return cls()

@@ -14,9 +14,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from gradsift.utils.errors import GradsiftError
 from gradsift.utils.files import remove_partial_writes

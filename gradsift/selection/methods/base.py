@@ -12,9 +12,10 @@ the aggregation over target subtasks.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterator, Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class Pool:
     store: GradientStore | None = None  # the gradient store the rows come from (less)
 
     @classmethod
-    def from_files(cls, paths: list[Path], skip_bad: bool = False, encoder: ChatEncoder | None = None) -> "Pool":
+    def from_files(cls, paths: list[Path], skip_bad: bool = False, encoder: ChatEncoder | None = None) -> Pool:
         """Every parsed record is a row (text methods read records, they do not tokenize them). With an
         ``encoder`` (methods that take gradients) rows are tokenized, and one left without label tokens
         is not scorable, as in a store."""
@@ -58,7 +59,7 @@ class Pool:
         return cls(index, scorable, {f.path: f.sha256 for f in files}, [asdict(b) for b in bad])
 
     @classmethod
-    def from_store(cls, store: GradientStore) -> "Pool":
+    def from_store(cls, store: GradientStore) -> Pool:
         return cls(store.index, store.ok_mask(), _store_files(store), store.manifest["bad_records"], store)
 
     @property
@@ -81,7 +82,7 @@ class Target:
 
     @classmethod
     def from_files(cls, name: str, paths: list[Path], skip_bad: bool = False,
-                   encoder: ChatEncoder | None = None) -> "Target":
+                   encoder: ChatEncoder | None = None) -> Target:
         """The target's records; with an ``encoder``, tokenized, and those without label tokens skipped."""
         refs, bad, files = index_examples(paths, encoder, skip_bad)
         if not refs:
@@ -92,7 +93,7 @@ class Target:
         return cls(name, usable, {f.path: f.sha256 for f in files}, len(refs) - len(usable), [asdict(b) for b in bad])
 
     @classmethod
-    def from_store(cls, store: GradientStore) -> "Target":
+    def from_store(cls, store: GradientStore) -> Target:
         ok = store.ok_mask()
         if not ok.any():
             raise ConfigError(f"target store {store.path} has no usable example (all without label tokens)")

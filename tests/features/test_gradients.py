@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import random_text
+from helpers import random_text
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

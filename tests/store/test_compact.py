@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_store_and_select import data, pool_config, run, target_config  # noqa: F401  (fixtures)
+from helpers import pool_config, target_config
 
 from gradsift.features.build import build_together
 from gradsift.selection.methods import Less, Pool, Target

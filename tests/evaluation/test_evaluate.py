@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import write_jsonl, write_parquet
+from helpers import write_jsonl, write_parquet
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from gradsift.config import EvaluateConfig

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import chat_records, write_jsonl
+from helpers import chat_records, write_jsonl
 
 from gradsift.cli import main
 from gradsift.utils.locks import LOCK_NAME, FolderLockedError, folder_lock

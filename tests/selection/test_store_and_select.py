@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import re
 import shutil
 from pathlib import Path
@@ -13,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, write_jsonl, write_parquet
+from helpers import DIM, MAX_LENGTH, pool_config, target_config, warmup_config, write_parquet
 
-from gradsift.config import BuildConfig, SelectConfig, WarmupConfig
+from gradsift.config import SelectConfig
 from gradsift.features.build import build, build_together
 from gradsift.selection.scoring import (
     aggregate,
@@ -31,83 +30,6 @@ from gradsift.store.datastore import GradientStore
 from gradsift.training.run import Run
 from gradsift.training.warmup import warmup
 from gradsift.utils.errors import ConfigError, StoreMismatchError
-
-# The target skill has its own words; the pool is general text. LoRA features of a random tiny model are
-# dominated by Adam's shared momentum, so copies of the targets only stand out reliably from pool
-# examples that do not share the target's content (checked over 12 data seeds with these settings).
-TARGET_WORDS = "translate french hello world yes no question answer".split()
-POOL_WORDS = [w for w in WORDS if w not in TARGET_WORDS]
-MAX_LENGTH = 64
-DIM = 2048
-
-
-def say(rng: random.Random, words: list[str], lo: int, hi: int) -> str:
-    return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
-
-
-def chat(rng, words, rid, answer=(2, 15)) -> dict:
-    return {"id": rid, "messages": [{"role": "user", "content": say(rng, words, 3, 20)},
-                                    {"role": "assistant", "content": say(rng, words, *answer)}]}
-
-
-def write_lines(path: Path, lines: list[str]) -> Path:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """pool_a.jsonl and pool_b.jsonl with three copies of the target examples in three formats and
-    unusual formatting, one example whose answer is truncated away, and target.jsonl."""
-    root = tmp_path_factory.mktemp("select-data")
-    rng = random.Random(4)
-    target = [chat(rng, TARGET_WORDS, f"t{k}", answer=(8, 15)) | {"subtask": f"skill{k}"} for k in range(3)]
-    target_path = write_jsonl(root / "target.jsonl", target)
-    (u0, a0), (u1, a1), (u2, a2) = ((t["messages"][0]["content"], t["messages"][1]["content"]) for t in target)
-    copies = {  # same conversation as a target example; written differently
-        "copy0": json.dumps({"messages": target[0]["messages"], "id": "copy0", "source": "web é"},
-                            ensure_ascii=False, separators=(",", ":")),
-        "copy1": '{ "prompt" : ' + json.dumps(u1) + ', "completion": ' + json.dumps(a1) + ', "id": "copy1" }',
-        "copy2": json.dumps({"id": "copy2", "instruction": u2, "input": "", "output": a2}, indent=None),
-    }
-    pool_a = [json.dumps(chat(rng, POOL_WORDS, f"a{k}")) for k in range(24)]
-    pool_b = [json.dumps(chat(rng, POOL_WORDS, f"b{k}")) for k in range(24)]
-    no_label = {"id": "nolabel", "prompt": say(rng, POOL_WORDS, 80, 80), "completion": "yes"}
-    pool_a.insert(5, copies["copy0"])
-    pool_a.insert(17, json.dumps(no_label))
-    pool_b.insert(3, copies["copy1"])
-    pool_b.insert(20, copies["copy2"])
-    return {
-        "root": root, "target": target_path, "copies": copies,
-        "pool": [write_lines(root / "pool_a.jsonl", pool_a), write_lines(root / "pool_b.jsonl", pool_b)],
-    }
-
-
-def warmup_config(model_dir, data, output, **overrides) -> WarmupConfig:
-    settings = dict(model=str(model_dir), train=data["pool"], output=output, fraction=1.0, epochs=2, lora_r=4,
-                    lora_alpha=8.0, lora_dropout=0.0, learning_rate=1e-2, warmup_ratio=0.1, batch_size=4,
-                    micro_batch_size=4, max_length=MAX_LENGTH, seed=0, device="cpu")
-    settings.update(overrides)
-    return WarmupConfig(**settings)
-
-
-@pytest.fixture(scope="module")
-def run(tiny_model_dir, data):
-    return warmup(warmup_config(tiny_model_dir, data, data["root"] / "run"))
-
-
-def pool_config(run, fx, output, **overrides) -> BuildConfig:
-    settings = dict(run=run.path, data=fx["pool"], output=output, gradient="adam", dim=DIM, seed=0,
-                    batch_size=8, chunk_size=16, device="cpu")
-    settings.update(overrides)
-    return BuildConfig(**settings)
-
-
-def target_config(run, fx, output, **overrides) -> BuildConfig:
-    settings = dict(run=run.path, data=[fx["target"]], output=output, gradient="sgd", dim=DIM, seed=0,
-                    device="cpu")
-    settings.update(overrides)
-    return BuildConfig(**settings)
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +289,8 @@ def test_select_refuses_impossible_counts(stores, tmp_path):
     with pytest.raises(ConfigError):
         select(SelectConfig(method="less", train_store=pool.path, target_store=[target.path], output=tmp_path / "o", count=52))
     with pytest.raises(ConfigError):
-        select(SelectConfig(method="less", train_store=pool.path, target_store=[target.path], output=tmp_path / "o", fraction=0.0))
+        select(SelectConfig(method="less", train_store=pool.path, target_store=[target.path], output=tmp_path / "o",
+                            fraction=0.0))
 
 
 # -- scoring math ----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import chat_records, write_jsonl
+from helpers import chat_records, write_jsonl
 from safetensors.torch import load_file
 
 import gradsift.training.loop as training
@@ -22,7 +22,8 @@ from gradsift.utils.errors import DataError
 def records(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-data")
     rng = random.Random(2)
-    return write_jsonl(root / "train.jsonl", chat_records(rng, 12, "t")), write_jsonl(root / "test.jsonl", chat_records(rng, 6, "x"))
+    train = write_jsonl(root / "train.jsonl", chat_records(rng, 12, "t"))
+    return train, write_jsonl(root / "test.jsonl", chat_records(rng, 6, "x"))
 
 
 def config(model_dir, data, output, **overrides) -> TrainConfig:

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import chat_records, random_text, write_jsonl
+from helpers import chat_records, contents, killed_at, random_text, write_jsonl
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
-from test_crash import contents, killed_at
 
 from gradsift.cli import main
 from gradsift.config import SelectConfig, WarmupConfig

@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import yaml
-from conftest import chat_records, write_jsonl
+from helpers import chat_records, write_jsonl
 
 from gradsift.cli import main
 from gradsift.config import SelectConfig

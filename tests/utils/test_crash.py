@@ -4,36 +4,13 @@ temporary file or lock left behind."""
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import chat_records, write_jsonl
+from helpers import SMALL, chat_records, contents, killed_at, write_jsonl
 
 from gradsift.cli import main
-from gradsift.utils.faults import STOP_ENV
-
-SMALL = ["--lora-r", "4", "--lora-alpha", "8", "--batch-size", "4", "--max-length", "48", "--device", "cpu"]
-
-
-def killed_at(point: str, argv: list[str]) -> None:
-    """Run ``gradsift ARGV`` in a new process that kills itself at POINT; it must die of SIGKILL there."""
-    env = {**os.environ, STOP_ENV: point}
-    done = subprocess.run([sys.executable, "-m", "gradsift", *argv], env=env, capture_output=True, text=True)
-    assert done.returncode == -signal.SIGKILL, f"did not stop at {point}: rc {done.returncode}\n{done.stderr[-2000:]}"
-
-
-def contents(folder: Path, drop_run_id: bool = False) -> dict[str, bytes]:
-    """Every file under FOLDER by relative path (a run's random id left out when asked)."""
-    files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-    if drop_run_id and "run.json" in files:
-        files["run.json"] = json.dumps({**json.loads(files["run.json"]), "id": None}).encode()
-    return files
 
 
 @pytest.fixture(scope="module")

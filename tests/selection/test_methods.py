@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from bm25s.stopwords import STOPWORDS_EN
-from conftest import WORDS, chat_records, write_jsonl
+from helpers import WORDS, chat_records, write_jsonl
 
 from gradsift.cli import main
 from gradsift.config import SelectConfig

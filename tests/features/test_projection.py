@@ -405,4 +405,5 @@ def test_unknown_projection_kind():
     assert set(PROJECTORS) == set(KINDS)
     for kind in KINDS:
         described = make_projector(kind, [(2, 5)], 4, 5).describe()
-        assert {k: described[k] for k in ("kind", "input_dim", "dim", "seed")} == {"kind": kind, "input_dim": 10, "dim": 4, "seed": 5}
+        expected = {"kind": kind, "input_dim": 10, "dim": 4, "seed": 5}
+        assert {k: described[k] for k in ("kind", "input_dim", "dim", "seed")} == expected

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl, write_parquet
+from helpers import write_jsonl, write_parquet
 from transformers import AutoTokenizer
 
 from gradsift.data import records as data

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import WORDS, write_jsonl
+from helpers import WORDS, write_jsonl
 
 from gradsift.cli import main
 from gradsift.experiment import Experiment, load_experiment, run_experiment, summarize
@@ -47,7 +47,8 @@ def bench(tmp_path_factory, tiny_model_dir):
         "pool": ["pool/*.jsonl"],
         "targets": {n: {"fewshot": [f"{n}/fewshot.jsonl"], "test": [f"{n}/test.jsonl"]} for n in ("skill", "other")},
         "relevance": "relevance.json",
-        "methods": ["random", "bm25", {"method": "full", "seeds": [0]}, {"method": "less", "label": "less-d256", "build": {"dim": 256}},
+        "methods": ["random", "bm25", {"method": "full", "seeds": [0]},
+                    {"method": "less", "label": "less-d256", "build": {"dim": 256}},
                     {"method": "less", "label": "less-d512", "build": {"dim": 512}}, "rds",
                     {"method": "fusion", "build": {"dim": 256}, "seeds": [0]},
                     {"method": "less", "label": "less-answer", "build": {"dim": 256},

@@ -11,9 +11,8 @@ import sys
 
 import pytest
 import torch
-from conftest import chat_records, write_jsonl
+from helpers import SMALL, chat_records, contents, write_jsonl
 from safetensors.torch import load_file
-from test_crash import SMALL, contents
 
 from gradsift.cli import main
 from gradsift.utils.distributed import shard_bounds

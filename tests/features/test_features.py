@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import chat_records, write_jsonl
+from helpers import chat_records, write_jsonl
 from safetensors.torch import load_file
 
 from gradsift.config import WarmupConfig
