@@ -22,6 +22,7 @@ ProjectionKind = Literal["dense", "sparse", "kronecker"]  # gradsift.features.pr
 Aggregate = Literal["subtask-mean-max", "mean", "max", "round-robin"]  # gradsift.selection.scoring.aggregate, round_robin
 StoreDtype = Literal["float16", "int8", "bit"]  # gradsift.store.compact
 Response = Literal["full", "answer", "answer-only"]  # gradsift.data.chat.ChatEncoder
+Part = Literal["whole", "prompt", "answer"]  # gradsift.data.records.example_part
 Fuse = Literal["median", "mean", "rrf"]  # gradsift.selection.scoring.fuse_ranks
 
 
@@ -135,6 +136,11 @@ class SelectConfig:
                 "round-robin: each subtask's best rows in turn"})
     fuse: Fuse = field(default="median", metadata={
         "help": "fusion: median (a row needs most methods to rank it high), mean (Borda) or rrf (reciprocal rank)"})
+    target_part: Part = field(default="whole", metadata={
+        "help": "bm25, rds (and fusion's bm25 and rds): which part of each target example they read: whole, prompt "
+                "(the turns before the reply: the task, not a worked answer's form) or answer (the replies)"})
+    pool_part: Part = field(default="whole", metadata={
+        "help": "bm25, rds (and fusion's bm25 and rds): which part of each pool record they read (as --target-part)"})
     seed: int = field(default=0, metadata={"help": "random: the seed of the draw"})
     max_length: int | None = field(default=None, metadata={
         "help": "rds/fusion/exact: truncate examples to this many tokens (default: exact, the run's, as its "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gradsift.config import Part
 from gradsift.utils.errors import DataError
 from gradsift.utils.files import require_data_file
 
@@ -241,6 +242,18 @@ def read_records(refs: list[ExampleRef]) -> list[bytes]:
 
 def read_messages(ref: ExampleRef) -> list[dict[str, str]]:
     return to_messages(json.loads(read_record_bytes(ref)))
+
+
+def example_part(messages: list[dict[str, str]], part: Part) -> list[dict[str, str]]:
+    """The turns of a conversation a signal reads: ``whole``, all of them; ``prompt``, those that are not
+    the assistant's (system and user: the task as asked); ``answer``, the assistant's replies."""
+    if part == "whole":
+        return messages
+    if part == "prompt":
+        return [m for m in messages if m["role"] != "assistant"]
+    if part == "answer":
+        return [m for m in messages if m["role"] == "assistant"]
+    raise ValueError(f"unknown example part {part!r}; known: whole, prompt, answer")
 
 
 def print_skips(stage: str, bad: list, no_label_tokens: int, listed_in: str) -> None:

@@ -15,7 +15,7 @@ from gradsift.data import records as data
 from gradsift.data.answers import extract_answer, final_answer_start
 from gradsift.data.chat import FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX, ChatEncoder, collate
 from gradsift.data.index import index_examples
-from gradsift.data.records import read_messages, read_record_bytes, read_records, scan_file, to_messages
+from gradsift.data.records import example_part, read_messages, read_record_bytes, read_records, scan_file, to_messages
 from gradsift.utils.errors import DataError
 
 
@@ -391,3 +391,14 @@ def test_an_index_made_in_small_blocks_equals_one_made_at_once(tmp_path, tokeniz
     assert f"duplicate id 'i1' (first at {first}:2)" in blocks_bad[0].problem
     with pytest.raises(DataError, match=re.escape(f"duplicate id 'i1' (first at {first}:2)")):
         index_examples([first, second], encoder)
+
+
+def test_example_part_keeps_the_turns_it_names():
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
+                {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"},
+                {"role": "assistant", "content": "a2"}]
+    assert example_part(messages, "whole") == messages
+    assert [m["content"] for m in example_part(messages, "prompt")] == ["s", "u1", "u2"]
+    assert [m["content"] for m in example_part(messages, "answer")] == ["a1", "a2"]
+    with pytest.raises(ValueError, match="unknown example part"):
+        example_part(messages, "reasoning")

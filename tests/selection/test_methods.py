@@ -129,6 +129,46 @@ def test_bm25_similarities_and_scores_equal_a_direct_okapi_computation(bm25_file
     assert result.subtask[1] == "math" and result.subtask[0] == "french"  # p1 is arithmetic, p0 French
 
 
+def test_bm25_reads_the_part_of_an_example_it_is_told(bm25_files):
+    pool_a, pool_b, target_path = bm25_files
+    pool = Pool.from_files([pool_a, pool_b])
+    target = Target.from_files("target", [target_path])
+    prompt = lambda r: r["prompt"] if "prompt" in r else "\n".join(  # noqa: E731
+        m["content"] for m in r["messages"] if m["role"] != "assistant")
+    answer = lambda r: r["completion"] if "completion" in r else r["messages"][-1]["content"]  # noqa: E731
+    for target_part, pool_part, query, doc in (("prompt", "whole", prompt, lambda r: "\n".join(contents(r))),
+                                               ("answer", "prompt", answer, prompt)):
+        expected = bm25_reference([doc(r) for r in BM25_POOL], [query(r) for r in BM25_TARGET])
+        ((_, (sim,)),) = list(Bm25(target_part=target_part, pool_part=pool_part).similarities(pool, [target]))
+        np.testing.assert_allclose(sim.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_targets_worked_step_by_step_find_direct_records_by_their_prompts(tmp_path):
+    """Targets answered with worked reasoning, relevant pool records answered directly, and unrelated records
+    worked the same way: the whole targets' words match the form; their prompts match the task."""
+    targets = [{"id": f"t{k}", "prompt": f"Which is more, {a} or {b}? Compare the numbers.",
+                "completion": f"Let's think step by step. First we look at each number carefully, then we weigh them "
+                              f"carefully, step by step. So the answer is {max(a, b)}."}
+               for k, (a, b) in enumerate([(3, 8), (15, 4), (6, 11)])]
+    relevant = [{"id": f"rel{k}", "prompt": f"Which is more, {a} or {b}?", "completion": str(max(a, b))}
+                for k, (a, b) in enumerate([(2, 7), (30, 12), (5, 9)])]
+    worked_elsewhere = [{"id": f"w{k}", "prompt": f"Spell the word {w} backwards.",
+                         "completion": "Let's think step by step. First we look at each letter carefully, then we weigh "
+                                       f"them carefully, step by step. So the answer is {w[::-1]}."}
+                        for k, w in enumerate(["cat", "house", "garden", "window", "table", "river"])]
+    pool = write_jsonl(tmp_path / "pool.jsonl", worked_elsewhere[:3] + relevant + worked_elsewhere[3:])
+    target = write_jsonl(tmp_path / "target.jsonl", targets)
+    picked = {}
+    for part in ("whole", "prompt"):
+        out = tmp_path / part
+        select(SelectConfig(method="bm25", pool=[pool], target=[target], output=out, count=3, target_part=part))
+        picked[part] = {json.loads(line)["id"] for line in (out / "selected.jsonl").read_text().splitlines()}
+        settings = json.loads((out / "summary.json").read_text())["method_settings"]
+        assert settings["target_part"] == part and settings["pool_part"] == "whole"
+    assert picked["prompt"] == {"rel0", "rel1", "rel2"}
+    assert picked["whole"] != picked["prompt"]  # the worked form pulls unrelated worked records in
+
+
 SKILL_WORDS = "premise conclusion valid invalid syllogism entails all some none every".split()
 
 
@@ -195,10 +235,10 @@ def rds_reference(tiny_model_dir, rds_data):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     encoder = ChatEncoder(AutoTokenizer.from_pretrained(tiny_model_dir), RDS_MAX_LENGTH)
 
-    def embed(records):
+    def embed(records, keep=lambda role: True):
         rows = []
         for r in records:
-            ids = encoder.encode(r["messages"])[0]
+            ids = encoder.encode([m for m in r["messages"] if keep(m["role"])])[0]
             with torch.no_grad():
                 hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
             t = torch.arange(1, len(ids) + 1, dtype=torch.float64)
@@ -208,7 +248,9 @@ def rds_reference(tiny_model_dir, rds_data):
 
     pool, lengths = embed(rds_data["pool_records"])
     target, _ = embed(rds_data["target_records"])
-    return {"sim": (pool @ target.T).numpy(), "lengths": lengths}
+    prompts, _ = embed(rds_data["target_records"], lambda role: role == "user")
+    answers, _ = embed(rds_data["pool_records"], lambda role: role == "assistant")
+    return {"sim": (pool @ target.T).numpy(), "lengths": lengths, "answers_to_prompts": (answers @ prompts.T).numpy()}
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 16])
@@ -225,6 +267,16 @@ def test_rds_scores_equal_unbatched_reference(tiny_model_dir, rds_data, rds_refe
     np.testing.assert_allclose(result.scores, expected, atol=1e-5)
 
 
+def test_rds_reads_the_part_of_an_example_it_is_told(tiny_model_dir, rds_data, rds_reference):
+    pool = Pool.from_files(rds_data["pool"])
+    target = Target.from_files("target", rds_data["target"])
+    method = Rds(model=str(tiny_model_dir), max_length=RDS_MAX_LENGTH, batch_size=4, device="cpu",
+                 target_part="prompt", pool_part="answer")
+    (sim,) = [s for _, (s,) in method.similarities(pool, [target])]
+    np.testing.assert_allclose(sim.numpy(), rds_reference["answers_to_prompts"], atol=1e-5)
+    assert not np.allclose(rds_reference["answers_to_prompts"], rds_reference["sim"], atol=1e-3)
+
+
 def test_rds_through_select(tiny_model_dir, rds_data, rds_reference, tmp_path):
     out = tmp_path / "sel"
     select(SelectConfig(method="rds", model=str(tiny_model_dir), pool=rds_data["pool"], target=rds_data["target"],
@@ -235,7 +287,8 @@ def test_rds_through_select(tiny_model_dir, rds_data, rds_reference, tmp_path):
     assert [r["subtask"] for r in rows] == closest_subtask(rds_reference["sim"], rds_data["target_subtasks"])
     assert [int(r["rank"]) for r in rows] == (np.argsort(np.argsort(-expected, kind="stable")) + 1).tolist()
     settings = json.loads((out / "summary.json").read_text())["method_settings"]
-    assert settings == {"aggregate": "subtask-mean-max", "model": str(tiny_model_dir), "max_length": RDS_MAX_LENGTH}
+    assert settings == {"aggregate": "subtask-mean-max", "model": str(tiny_model_dir), "max_length": RDS_MAX_LENGTH,
+                        "target_part": "whole", "pool_part": "whole"}
 
 
 def test_rds_without_a_model_is_a_config_error(rds_data, tmp_path):

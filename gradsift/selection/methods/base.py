@@ -195,6 +195,11 @@ class SimilarityMethod(SelectionMethod):
     def similarity_settings(config: SelectConfig) -> dict:
         return {"aggregate": config.aggregate, "chunk_rows": config.chunk_rows}
 
+    @staticmethod
+    def part_settings(config: SelectConfig) -> dict:
+        """Which part of the target examples and of the pool records a text signal reads."""
+        return {"target_part": config.target_part, "pool_part": config.pool_part}
+
 
 Method = TypeVar("Method", bound=type[SelectionMethod])
 METHODS: dict[str, type[SelectionMethod]] = {}  # --method name -> class: every method gradsift knows

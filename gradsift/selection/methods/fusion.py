@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from gradsift.config import Aggregate, Fuse, SelectConfig
+from gradsift.config import Aggregate, Fuse, Part, SelectConfig
 from gradsift.selection.methods.base import Pool, SelectionMethod, SimilarityMethod, Target, TargetScores, register
 from gradsift.selection.methods.bm25 import Bm25
 from gradsift.selection.methods.less import Less
@@ -38,12 +38,15 @@ class Fusion(SelectionMethod):
     batch_size: int = 16
     device: str = "auto"
     chunk_rows: int = field(default=16384)
+    target_part: Part = "whole"  # what bm25 and rds read of the targets and of the pool
+    pool_part: Part = "whole"
 
     def members(self, pool: Pool) -> list[SelectionMethod]:
         similarity = {"aggregate": self.aggregate, "chunk_rows": self.chunk_rows}
         model = self.model or pool.store.manifest["model"]["name"]
-        return [Less(**similarity), Bm25(**similarity),
-                Rds(**similarity, model=model, max_length=self.max_length, batch_size=self.batch_size,
+        parts = {"target_part": self.target_part, "pool_part": self.pool_part}
+        return [Less(**similarity), Bm25(**similarity, **parts),
+                Rds(**similarity, **parts, model=model, max_length=self.max_length, batch_size=self.batch_size,
                     device=self.device)]
 
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
@@ -55,9 +58,11 @@ class Fusion(SelectionMethod):
 
     def settings(self) -> dict:
         return {"aggregate": self.aggregate, "fuse": self.fuse, "members": ["less", "bm25", "rds"],
-                "model": self.model or None, "max_length": self.max_length}
+                "model": self.model or None, "max_length": self.max_length, "target_part": self.target_part,
+                "pool_part": self.pool_part}
 
     @classmethod
     def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> Fusion:
-        return cls(**SimilarityMethod.similarity_settings(config), fuse=config.fuse, model=config.model or "",
+        return cls(**SimilarityMethod.similarity_settings(config), **SimilarityMethod.part_settings(config),
+                   fuse=config.fuse, model=config.model or "",
                    max_length=cls.token_limit(config), batch_size=config.batch_size, device=config.device)

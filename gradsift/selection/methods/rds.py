@@ -13,9 +13,9 @@ from typing import ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from gradsift.config import SelectConfig
+from gradsift.config import Part, SelectConfig
 from gradsift.data.chat import ChatEncoder, collate
-from gradsift.data.records import read_messages
+from gradsift.data.records import example_part, read_messages
 from gradsift.features.adam import normalize_rows
 from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
 from gradsift.utils.errors import ConfigError
@@ -40,10 +40,13 @@ class Rds(SimilarityMethod):
     max_length: int = 1024
     batch_size: int = 16
     device: str = "auto"
+    target_part: Part = "whole"
+    pool_part: Part = "whole"
 
-    def embed(self, refs, encoder: ChatEncoder, model, device, desc: str) -> torch.Tensor:
-        """Unit-norm pooled embeddings of examples (whole conversations), length-sorted in batches."""
-        encoded = [encoder.encode(read_messages(r)) for r in refs]
+    def embed(self, refs, encoder: ChatEncoder, model, device, desc: str, part: Part = "whole") -> torch.Tensor:
+        """Unit-norm pooled embeddings of examples (the turns of ``part``, rendered with the chat template),
+        length-sorted in batches."""
+        encoded = [encoder.encode(example_part(read_messages(r), part)) for r in refs]
         order = sorted(range(len(refs)), key=lambda i: len(encoded[i][0]))
         out = torch.zeros(len(refs), model.config.hidden_size)
         with torch.inference_mode():
@@ -63,18 +66,19 @@ class Rds(SimilarityMethod):
         device = pick_device(self.device)
         model, tokenizer, _ = load_model(self.model, device)
         encoder = ChatEncoder(tokenizer, self.max_length)
-        goals = [self.embed(t.refs, encoder, model, device, f"rds {t.name}") for t in targets]
-        pool_emb = self.embed(pool.refs, encoder, model, device, "rds pool")
+        goals = [self.embed(t.refs, encoder, model, device, f"rds {t.name}", self.target_part) for t in targets]
+        pool_emb = self.embed(pool.refs, encoder, model, device, "rds pool", self.pool_part)
         for start in range(0, len(pool.refs), self.chunk_rows):
             chunk = pool_emb[start: start + self.chunk_rows]
             yield start, [chunk @ g.T for g in goals]
 
     def settings(self) -> dict:
-        return {**super().settings(), "model": self.model, "max_length": self.max_length}
+        return {**super().settings(), "model": self.model, "max_length": self.max_length,
+                "target_part": self.target_part, "pool_part": self.pool_part}
 
     @classmethod
     def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> Rds:
         if not config.model:
             raise ConfigError("--method rds needs the selector model: --model MODEL")
-        return cls(**cls.similarity_settings(config), model=config.model, max_length=cls.token_limit(config),
-                   batch_size=config.batch_size, device=config.device)
+        return cls(**cls.similarity_settings(config), **cls.part_settings(config), model=config.model,
+                   max_length=cls.token_limit(config), batch_size=config.batch_size, device=config.device)
