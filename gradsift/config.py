@@ -35,9 +35,10 @@ class TrainingArguments:
     lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=512.0, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
-    lora_targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={"help": "modules given LoRA"}
-    )
+    lora_targets: list[str] | None = field(default=None, metadata={
+        "help": "modules given LoRA, as peft matches them (default: the linear layers of the model's attention, "
+                "whatever its architecture calls them: q/k/v/o_proj, Phi-3's qkv_proj, GPT-NeoX's query_key_value, "
+                "GPT-2's c_attn)"})
     learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate (linear decay)"})
     warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear LR warmup"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})

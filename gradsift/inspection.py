@@ -154,6 +154,11 @@ def _run(found: Inspection, verify: bool) -> None:
     found.add("model", meta["model"]["name"])
     found.add("id", meta["id"])
     weights = "every weight" if config.get("full") else f"LoRA r={config['lora_r']}, alpha={config['lora_alpha']}"
+    lora = meta.get("adapted")
+    if lora:
+        found.add("adapted", f"{', '.join(lora['targets'])}: {lora['layers']} layers, {lora['parameters']:,} LoRA parameters")
+    elif not config.get("full"):
+        found.add("adapted", f"{', '.join(config.get('lora_targets') or [])} (layer and parameter counts not recorded)")
     found.add("training", f"{weights}; lr {config['learning_rate']}, warmup_ratio {config['warmup_ratio']}, "
                           f"{epochs} epochs, batch {config['batch_size']}, max_length {config['max_length']}, "
                           f"seed {config['seed']}" + ("" if training else f", fraction {config.get('fraction')}"))

@@ -7,37 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import WORDS, select_data, warmup_config
+from helpers import save_tiny_tokenizer, select_data, warmup_config
 
 from gradsift.training.warmup import warmup
 
 # The test models are tiny: one thread is much faster than several contending for a few cores.
 torch.set_num_threads(1)
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer random Llama (hidden 64) and a word-level tokenizer with a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-llama")
-    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS)) + ["user", "assistant", "system", "\n"])}
-    # single characters let any text (numbers, punctuation) tokenize without <unk>
-    for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'\"-+=()[]{}_/<>|":
-        vocab.setdefault(c, len(vocab))
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", max_input_chars_per_word=100))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.add_special_tokens(specials)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                        eos_token="<|im_end|>", bos_token="<|im_start|>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
+    vocab = save_tiny_tokenizer(folder)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

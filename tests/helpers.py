@@ -146,3 +146,59 @@ def select_data(root: Path) -> dict:
     }
 
 
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def save_tiny_tokenizer(folder: Path) -> dict[str, int]:
+    """A word-level tokenizer with a chat template, saved in FOLDER; returns its vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS)) + ["user", "assistant", "system", "\n"])}
+    # single characters let any text (numbers, punctuation) tokenize without <unk>
+    for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'\"-+=()[]{}_/<>|":
+        vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", max_input_chars_per_word=100))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                        eos_token="<|im_end|>", bos_token="<|im_start|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return vocab
+
+
+# tiny random models of the common architectures (hidden 64, 2 layers), as Hugging Face configs name them
+ARCHITECTURES = {
+    "llama": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2},
+    "mistral": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2},
+    "qwen2": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2},
+    "gemma3_text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "num_key_value_heads": 2, "head_dim": 16},
+    "phi3": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
+    "gpt_neox": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4},
+}
+
+
+def save_tiny_model(folder: Path, kind: str) -> Path:
+    """A random model of architecture KIND (``ARCHITECTURES``) with the tiny tokenizer, saved in FOLDER."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    vocab = save_tiny_tokenizer(folder)
+    config = AutoConfig.for_model(kind, vocab_size=len(vocab), pad_token_id=vocab["<pad>"],
+                                  eos_token_id=vocab["<|im_end|>"], bos_token_id=1, **ARCHITECTURES[kind])
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder

@@ -23,7 +23,7 @@ import torch
 
 from gradsift.data.chat import per_example_loss
 from gradsift.features.adam import flat_layout
-from gradsift.training.run import lora_parameters
+from gradsift.training.lora import lora_parameters
 
 Consumer = Callable[[int, torch.Tensor], None]  # (parameter index, (batch, numel) float32 gradients)
 

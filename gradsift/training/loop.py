@@ -26,7 +26,8 @@ from gradsift.config import TrainingArguments
 from gradsift.data.chat import ChatEncoder, collate, encode_refs, per_example_loss
 from gradsift.data.index import index_examples
 from gradsift.data.records import print_skips
-from gradsift.training.run import Checkpoint, Run, lora_config, lora_parameters
+from gradsift.training.lora import adapted_layers, lora_config, lora_parameters, lora_targets
+from gradsift.training.run import Checkpoint, Run
 from gradsift.utils.distributed import World
 from gradsift.utils.errors import ConfigError
 from gradsift.utils.faults import stop_point
@@ -136,6 +137,8 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     fingerprint = settings.fingerprint()
     existing = Run.open(output) if (output / "run.json").exists() else None
     if existing is not None:
+        if settings.lora_targets is None:  # the model's attention, as the existing run resolved it
+            fingerprint["lora_targets"] = existing.config.get("lora_targets")
         if existing.config != fingerprint:
             diff = {k for k in fingerprint.keys() | existing.config.keys() if existing.config.get(k) != fingerprint.get(k)}
             raise ConfigError(f"{output} holds a run with other settings ({sorted(diff)}); choose another --output")
@@ -147,6 +150,10 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     base, tokenizer, info = load_model(model_spec, device)
     if existing is not None and existing.model.fingerprint != info.fingerprint:
         raise ConfigError(f"{output} was trained from another model ({existing.model.name})")
+    if not full:  # which layers get LoRA: checked before any work
+        fingerprint["lora_targets"], notice = lora_targets(base, fingerprint["lora_targets"])
+        if notice and world.main:
+            print(f"{'train' if order_by_content else 'warmup'}: {notice}")
     encoder = ChatEncoder(tokenizer, settings.max_length)
     examples, bad, files = index_examples(data, encoder, settings.skip_bad_records)
     usable = [e for e in examples if e.label_tokens > 0]
@@ -160,11 +167,15 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     encoded = encode_refs(sample, encoder)
 
     torch.manual_seed(settings.seed)  # LoRA's initial A: the same run from the same config
+    adapted = {}
     if full:
         model = base.requires_grad_(True)
     else:
+        layers = len(adapted_layers(base, fingerprint["lora_targets"]))
         model = get_peft_model(base, lora_config(fingerprint))
     params = [p for _, p in lora_parameters(model)]
+    if not full:
+        adapted = {"targets": fingerprint["lora_targets"], "layers": layers, "parameters": sum(p.numel() for p in params)}
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(encoded) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
@@ -172,7 +183,8 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: learning_rate_factor(k, warmup_steps, total))
 
     run = existing or Run(output, uuid.uuid4().hex, info, fingerprint, [], False, [asdict(f) for f in files],
-                          [asdict(b) for b in bad])
+                          [asdict(b) for b in bad], adapted)
+    run.adapted = run.adapted or adapted  # a run from before this was recorded gets it now
     if run.checkpoints:
         _restore(model, optimizer, run.checkpoints[-1], full)
         with warnings.catch_warnings():  # fast-forwarding the schedule is not a skipped optimizer step

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from gradsift.training.lora import lora_config
 from gradsift.utils.errors import ConfigError
 from gradsift.utils.files import atomic_write_json, read_json
 from gradsift.utils.models import ModelInfo, load_model
@@ -62,6 +63,7 @@ class Run:
     complete: bool
     data_files: list[dict] = field(default_factory=list)  # what it trained on: path, sha256, records
     bad_records: list[dict] = field(default_factory=list)  # skipped with --skip-bad-records: file, line, problem
+    adapted: dict = field(default_factory=dict)  # LoRA: its targets, the layers they matched, the parameters
 
     @classmethod
     def open(cls, path: Path) -> Run:
@@ -74,7 +76,7 @@ class Run:
             for c in meta["checkpoints"]
         ]
         return cls(path, meta["id"], ModelInfo(**meta["model"]), meta["config"], checkpoints, meta["complete"],
-                   meta.get("data_files", []), meta.get("bad_records", []))
+                   meta.get("data_files", []), meta.get("bad_records", []), meta.get("adapted", {}))
 
     @property
     def full(self) -> bool:
@@ -90,6 +92,7 @@ class Run:
             "complete": self.complete,
             "data_files": self.data_files,
             "bad_records": self.bad_records,
+            "adapted": self.adapted,
             "checkpoints": [
                 {"name": c.path.name, "epoch": c.epoch, "step": c.step, "lr": c.lr, "betas": list(c.betas), "eps": c.eps}
                 for c in self.checkpoints
@@ -109,16 +112,3 @@ class Run:
         set_peft_model_state_dict(model, self.checkpoints[0].adapter_state())
         return model, tokenizer
 
-
-def lora_config(settings: dict):
-    """peft's LoraConfig from a run's settings (``TrainingArguments.fingerprint()``)."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=settings["lora_r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
-                      target_modules=list(settings["lora_targets"]), task_type="CAUSAL_LM")
-
-
-def lora_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
-    """The trainable parameters in model order (the LoRA factors, unless fine-tuning fully): the order
-    of every flattened gradient and of the optimizer state."""
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]

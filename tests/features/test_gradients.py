@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gradsift.data.chat import ChatEncoder, collate, per_example_loss
 from gradsift.features.gradients import PerExampleGradients
-from gradsift.training.run import lora_config, lora_parameters
+from gradsift.training.lora import lora_config, lora_parameters
 
 SETTINGS = {"lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.1,
             "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}

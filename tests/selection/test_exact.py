@@ -22,7 +22,8 @@ from gradsift.config import SelectConfig, WarmupConfig
 from gradsift.data.chat import IGNORE_INDEX, ChatEncoder
 from gradsift.selection.methods.exact import Cosines
 from gradsift.selection.select import select
-from gradsift.training.run import Run, lora_parameters
+from gradsift.training.lora import lora_parameters
+from gradsift.training.run import Run
 from gradsift.training.warmup import warmup
 from gradsift.utils.errors import ConfigError
 
