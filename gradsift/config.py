@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 
 from gradsift.utils.errors import ConfigError
-from gradsift.utils.files import file_sha256, require_data_file
+from gradsift.utils.files import data_files, file_sha256, require_data_file
 
 AdamForm = Literal["corrected", "less"]  # gradsift.features.adam.adam_update
 ProjectionKind = Literal["dense", "sparse", "kronecker"]  # gradsift.features.projection.PROJECTORS
@@ -77,9 +77,10 @@ class TrainConfig(TrainingArguments):
     def fingerprint(self) -> dict:
         """A fine-tuning run is identified by the content it trains on, not by where that file lies:
         moved records still resume, edited ones do not."""
-        for path in self.data:
-            require_data_file(Path(path).resolve())
-        return {**super().fingerprint(), "data": [file_sha256(p) for p in self.data]}
+        files = data_files(self.data)
+        for path in files:
+            require_data_file(path)
+        return {**super().fingerprint(), "data": [file_sha256(p) for p in files]}
 
 
 # -- build -----------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ RECORD_CASES = {
     "empty_assistant_turn.jsonl": "is empty",
     "non_utf8.jsonl": "not valid UTF-8",
     "duplicate_ids.jsonl": "duplicate id 'g2'",
+    "sharegpt_unknown_speaker.jsonl": "is from 'robot'",
+    "malformed_json_gzip.jsonl.gz": "not valid JSON",
 }
 SMALL = ["--lora-r", "4", "--lora-alpha", "8", "--batch-size", "4", "--max-length", "64", "--device", "cpu"]
 

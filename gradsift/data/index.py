@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from gradsift.data.chat import ChatEncoder, label_count
 from gradsift.data.records import BadRecord, DataFile, ExampleRef, scan_file, status_codes
 from gradsift.utils.errors import DataError
-from gradsift.utils.files import file_sha256
+from gradsift.utils.files import data_files, file_sha256
 
 # How the columns are held, 40 bytes a row plus the ids (10M rows: about 0.5 GiB). The few distinct
 # files, sources and subtasks of a pool are a dictionary of the values and an int32 code per row, not
@@ -182,7 +182,7 @@ def index_examples(
         return blocks[k][i] if k < len(blocks) else block[i]
 
     seen = _SeenIds(lambda row: ref_at(row).id)
-    for path in (Path(p).resolve() for p in paths):  # absolute: stores are read from anywhere
+    for path in data_files(paths):  # absolute: stores are read from anywhere
         bad_before = len(bad)
         count = 0
         for ref, messages, problem in scan_file(path, skip_bad):

@@ -1,19 +1,24 @@
-"""Instruction data: reading pool and target files, chat formatting, and label masking.
+"""Records: reading pool and target files, whatever their format, as chat messages.
 
-Records are JSON Lines, a JSON array (``.json``) or Parquet rows (``.parquet``) in one of three formats:
+Files are JSON Lines (``.jsonl``, or gzip-compressed ``.jsonl.gz``), a JSON array (``.json``,
+``.json.gz``), Parquet rows (``.parquet``) or the Arrow shards of a Hugging Face dataset saved with
+``save_to_disk`` (``.arrow``); a folder or a quoted glob names its files (``utils.files.data_files``).
+A record is in one of four formats:
 
 - ``{"messages": [{"role": ..., "content": ...}, ...]}`` (tulu / open-instruct)
+- ``{"conversations": [{"from": "human" | "gpt" | "system", "value": ...}, ...]}`` (ShareGPT: LLaMA-Factory,
+  axolotl; the aliases ``user``, ``assistant``, ``bot``, ``chatgpt``, ``model`` too)
 - ``{"instruction": ..., "input": ..., "output": ...}`` (Alpaca)
 - ``{"prompt": ..., "completion": ...}``
 
-with optional ``id``, ``source`` and (for targets) ``subtask``. Each example is rendered with the
-model's chat template (``FALLBACK_CHAT_TEMPLATE`` when it has none); only assistant tokens carry a
-label, and the loss is the mean over an example's label tokens. A JSON-array record or a Parquet row
-has no byte span of its own: it is re-read by its 1-based number and written back as one-line JSON.
+with optional ``id``, ``source`` and (for targets) ``subtask``. A record of a plain JSON Lines file is
+re-read by its byte span; one of any other file has no byte span of its own: it is re-read by its
+1-based number and written back as one-line JSON.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,9 +29,12 @@ import numpy as np
 
 from gradsift.config import Part
 from gradsift.utils.errors import DataError
-from gradsift.utils.files import require_data_file
+from gradsift.utils.files import data_stem, data_suffix, require_data_file
 
 ROLES = ("system", "user", "assistant")
+# ShareGPT's speakers (``from``) as roles: the common spellings of LLaMA-Factory, axolotl and FastChat
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "bot": "assistant", "chatgpt": "assistant", "model": "assistant"}
 
 
 @dataclass(frozen=True, slots=True)  # slots: a selection of a 10M-row pool makes 500k of them
@@ -101,6 +109,17 @@ def to_messages(record: object) -> list[dict[str, str]]:
             if m["role"] not in ROLES:
                 raise ValueError(f"messages[{k}] has role {m['role']!r}; expected one of {ROLES}")
             out.append({"role": m["role"], "content": _text(m["content"], f"messages[{k}].content")})
+    elif "conversations" in record:
+        turns = record["conversations"]
+        if not isinstance(turns, list) or not turns:
+            raise ValueError("'conversations' must be a non-empty list")
+        out = []
+        for k, m in enumerate(turns):
+            if not isinstance(m, dict) or "from" not in m or "value" not in m:
+                raise ValueError(f"conversations[{k}] must be an object with 'from' and 'value'")
+            if m["from"] not in SHAREGPT_ROLES:
+                raise ValueError(f"conversations[{k}] is from {m['from']!r}; expected one of {tuple(SHAREGPT_ROLES)}")
+            out.append({"role": SHAREGPT_ROLES[m["from"]], "content": _text(m["value"], f"conversations[{k}].value")})
     elif "instruction" in record and "output" in record:
         prompt = _text(record["instruction"], "instruction")
         extra = _text(record.get("input") or "", "input")
@@ -113,7 +132,8 @@ def to_messages(record: object) -> list[dict[str, str]]:
         ]
     else:
         raise ValueError(
-            "unknown record format: expected 'messages', 'instruction'+'output', or 'prompt'+'completion'; "
+            "unknown record format: expected 'messages', 'conversations', 'instruction'+'output', or "
+            "'prompt'+'completion'; "
             f"found keys {sorted(record)[:8]}"
         )
     if not any(m["role"] == "assistant" for m in out):
@@ -135,9 +155,19 @@ def _row_bytes(row: dict) -> bytes:
     return _dumps({k: v for k, v in row.items() if v is not None})
 
 
+def _read_bytes(path: Path) -> bytes:
+    """A file's bytes, decompressed when it is gzip-compressed (``.gz``)."""
+    if path.name.endswith(".gz"):
+        try:
+            return gzip.decompress(path.read_bytes())
+        except (OSError, EOFError) as e:  # BadGzipFile is an OSError
+            raise DataError(path, 0, f"cannot decompress gzip: {e}") from None
+    return path.read_bytes()
+
+
 def _json_array(path: Path) -> list:
     try:
-        items = json.loads(path.read_bytes())
+        items = json.loads(_read_bytes(path))
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise DataError(path, 0, f"not valid JSON: {e}") from None
     if not isinstance(items, list):
@@ -160,15 +190,43 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
         raise DataError(path, line + 1 if line else 0, f"cannot read Parquet: {e}") from None
 
 
+def _arrow_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(row number, row) of an Arrow shard of a ``save_to_disk`` dataset (the IPC stream format)."""
+    import pyarrow as pa
+
+    line = 0
+    try:
+        with pa.memory_map(str(path)) as source:
+            for batch in pa.ipc.open_stream(source):
+                for row in batch.to_pylist():
+                    line += 1
+                    yield line, row
+    except pa.ArrowException as e:
+        raise DataError(path, line + 1 if line else 0, f"cannot read Arrow: {e}") from None
+
+
+def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(line number, record bytes) of every non-blank line of decompressed JSON Lines."""
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        record = raw.rstrip(b"\r")
+        if record.strip():
+            yield number, record
+
+
 def _iter_raw(path: Path) -> Iterator[tuple[int, int, bytes]]:
     """(line number, byte offset, raw record bytes) for every non-blank record of a file."""
-    if path.suffix == ".json":
+    suffix = data_suffix(path)
+    if suffix in (".json", ".json.gz"):
         for k, item in enumerate(_json_array(path), 1):
             yield k, -1, _dumps(item)
         return
-    if path.suffix == ".parquet":
-        for k, row in _parquet_rows(path):
+    if suffix in (".parquet", ".arrow"):
+        for k, row in (_parquet_rows if suffix == ".parquet" else _arrow_rows)(path):
             yield k, -1, _row_bytes(row)
+        return
+    if suffix == ".jsonl.gz":
+        for k, record in _lines(_read_bytes(path)):
+            yield k, -1, record
         return
     offset = 0
     with open(path, "rb") as f:
@@ -184,14 +242,16 @@ def scan_file(path: Path, skip_bad: bool) -> Iterator[tuple[ExampleRef, list[dic
 
     Without ``skip_bad`` a malformed record raises DataError naming the file and line."""
     require_data_file(path)
+    # a record's default source: its file's name, or for a saved dataset's shard, the dataset's folder
+    stem = path.parent.name if (path.parent / "state.json").is_file() and path.suffix == ".arrow" else data_stem(path)
     for line, offset, raw in _iter_raw(path):
         try:
             record = json.loads(raw)
             messages = to_messages(record)
-            rid = record.get("id", f"{path.stem}:{line}")
+            rid = record.get("id", f"{stem}:{line}")
             ref = ExampleRef(
                 file=str(path), line=line, offset=offset, length=len(raw),
-                id=str(rid), source=str(record.get("source", path.stem)), subtask=str(record.get("subtask", "")),
+                id=str(rid), source=str(record.get("source", stem)), subtask=str(record.get("subtask", "")),
                 chars=sum(len(m["content"]) for m in messages),
             )
         except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
@@ -206,18 +266,27 @@ def scan_file(path: Path, skip_bad: bool) -> Iterator[tuple[ExampleRef, list[dic
 
 @lru_cache(maxsize=2)
 def _record_reader(path: str, size: int, mtime_ns: int) -> Callable[[int], bytes]:
-    """Record number -> bytes for a JSON array or Parquet file, parsed once and kept while it is one
-    of the last two files read (size and mtime in the key: an edited file is parsed anew)."""
-    if Path(path).suffix != ".parquet":
+    """Record number -> bytes for a file whose records have no byte span (JSON array, gzip, Parquet,
+    Arrow), parsed once and kept while it is one of the last two files read (size and mtime in the key:
+    an edited file is parsed anew)."""
+    suffix = data_suffix(Path(path))
+    if suffix in (".json", ".json.gz"):
         items = _json_array(Path(path))
         return lambda line: _dumps(items[line - 1])
+    if suffix == ".jsonl.gz":
+        records = dict(_lines(_read_bytes(Path(path))))
+        return records.__getitem__
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(path)  # columnar: far smaller than the rows as Python objects
+    try:  # columnar: far smaller than the rows as Python objects
+        if suffix == ".arrow":
+            with pa.memory_map(path) as source:
+                table = pa.ipc.open_stream(source).read_all()
+        else:
+            table = pq.read_table(path)
     except pa.ArrowException as e:
-        raise DataError(path, 0, f"cannot read Parquet: {e}") from None
+        raise DataError(path, 0, f"cannot read {'Arrow' if suffix == '.arrow' else 'Parquet'}: {e}") from None
     return lambda line: _row_bytes(table.slice(line - 1, 1).to_pylist()[0])
 
 

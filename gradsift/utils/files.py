@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from gradsift.utils.errors import DataError
 from gradsift.utils.faults import stop_point
 
 # In the name of every temporary file or folder a stage writes before renaming it into place: what a
@@ -114,14 +116,52 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+DATA_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".arrow")  # compound ones first
+
+
+def data_suffix(path: Path) -> str:
+    """The data format suffix of a file name (``.jsonl.gz`` counts as one), or "" for another file."""
+    return next((s for s in DATA_SUFFIXES if Path(path).name.endswith(s)), "")
+
+
+def data_stem(path: Path) -> str:
+    """A data file's name without its format suffix (``pool.jsonl.gz`` -> ``pool``)."""
+    name, suffix = Path(path).name, data_suffix(path)
+    return name[: len(name) - len(suffix)] if suffix else Path(path).stem
+
+
 def require_data_file(path: Path) -> None:
     """A data file given by the user must be a file: a clear error for a folder or a missing path."""
-    from gradsift.utils.errors import DataError
-
     if Path(path).is_dir():
         raise DataError(path, 0, "is a directory, not a data file")
     if not Path(path).is_file():
         raise DataError(path, 0, "no such data file")
+
+
+def data_files(paths) -> list[Path]:
+    """The data files that the user's paths name, resolved, in order: a file as it is; a folder written by
+    Hugging Face datasets' ``save_to_disk``, its Arrow shards in the order its state.json lists them;
+    another folder, its data files (``DATA_SUFFIXES``) sorted by name (a folder of the Hub's Parquet
+    shards); a quoted glob pattern, the files it matches, sorted."""
+    out = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            state = given / "state.json"
+            if state.is_file():
+                out += [given / f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
+                continue
+            found = sorted(p for p in given.iterdir() if p.is_file() and data_suffix(p))
+            if not found:
+                raise DataError(given.resolve(), 0, "is a directory with no data files (" + ", ".join(DATA_SUFFIXES) + ")")
+            out += found
+        elif not given.exists() and any(c in str(given) for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(str(given)) if Path(p).is_file())
+            if not found:
+                raise DataError(given, 0, "matches no file")
+            out += found
+        else:
+            out.append(given)
+    return [p.resolve() for p in out]
 
 
 def checksums(folder: Path, names) -> dict[str, str]:
