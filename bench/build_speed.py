@@ -59,7 +59,8 @@ from gradsift.features.projection import PROJECTORS, make_projector
 from gradsift.selection.methods import subtask_of
 from gradsift.selection.scoring import aggregate, top_k
 from gradsift.store.compact import DTYPES, decode_rows, encode_rows, has_scale, numpy_dtype, sign_cosine, stored_shape
-from gradsift.training.run import Run, lora_parameters
+from gradsift.training.lora import lora_parameters
+from gradsift.training.run import Run
 from gradsift.training.warmup import warmup
 from gradsift.utils.files import atomic_write_bytes
 from gradsift.utils.models import load_model, pick_device
