@@ -23,30 +23,60 @@ Aggregate = Literal["subtask-mean-max", "mean", "max", "round-robin"]  # gradsif
 StoreDtype = Literal["float16", "int8", "bit"]  # gradsift.store.compact
 Response = Literal["full", "answer", "answer-only"]  # gradsift.data.chat.ChatEncoder
 Part = Literal["whole", "prompt", "answer"]  # gradsift.data.records.example_part
+ModelDtype = Literal["auto", "float32", "bfloat16"]  # gradsift.features.engine.features_dtype
 Fuse = Literal["median", "mean", "rrf"]  # gradsift.selection.scoring.fuse_ranks
+
+
+RANGES = {  # a numeric setting's "range" metadata: the test its value must pass, and how to say it
+    "positive": (lambda v: v > 0, "a positive number"),
+    "fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "below_one": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "nonnegative": (lambda v: v >= 0, "zero or more"),
+}
+
+
+class Checked:
+    """A config whose numeric settings are checked against their ``range`` when it is made: a value that
+    cannot work (``--epochs 0``, ``--dim 0``, a NaN) is refused in one line before any work."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, rule = getattr(self, f.name), f.metadata.get("range")
+            if rule is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            ok, words = RANGES[rule]
+            if not ok(value):  # NaN fails every test
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be {words}{f.metadata.get('unit', '')}, "
+                                  f"got {value}")
 
 
 # -- training (warmup and train) -------------------------------------------------------------------
 @dataclass(kw_only=True)
-class TrainingArguments:
+class TrainingArguments(Checked):
     """The settings of the training loop; defaults are the LESS paper's (warmup and fine-tuning alike)."""
 
-    epochs: int = field(default=4, metadata={"help": "epochs; one checkpoint per epoch"})
-    lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
-    lora_alpha: float = field(default=512.0, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    epochs: int = field(default=4, metadata={"range": "positive", "help": "epochs; one checkpoint per epoch"})
+    lora_r: int = field(default=128, metadata={"range": "positive", "help": "LoRA rank"})
+    lora_alpha: float = field(default=512.0, metadata={"range": "positive", "help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.1, metadata={"range": "below_one", "help": "LoRA dropout"})
     lora_targets: list[str] | None = field(default=None, metadata={
         "help": "modules given LoRA, as peft matches them (default: the linear layers of the model's attention, "
                 "whatever its architecture calls them: q/k/v/o_proj, Phi-3's qkv_proj, GPT-NeoX's query_key_value, "
                 "GPT-2's c_attn)"})
-    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate (linear decay)"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear LR warmup"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    batch_size: int = field(default=128, metadata={"help": "examples per optimizer step"})
-    micro_batch_size: int = field(default=8, metadata={"help": "examples per forward/backward pass"})
-    max_length: int = field(default=2048, metadata={"help": "truncate examples to this many tokens"})
+    learning_rate: float = field(default=2e-5, metadata={
+        "range": "positive", "help": "peak learning rate (linear decay)"})
+    warmup_ratio: float = field(default=0.03, metadata={
+        "range": "ratio", "help": "fraction of steps with linear LR warmup"})
+    weight_decay: float = field(default=0.0, metadata={"range": "nonnegative", "help": "AdamW weight decay"})
+    batch_size: int = field(default=128, metadata={"range": "positive", "help": "examples per optimizer step"})
+    micro_batch_size: int = field(default=8, metadata={
+        "range": "positive", "help": "examples per forward/backward pass"})
+    max_length: int = field(default=2048, metadata={
+        "range": "positive", "unit": " of tokens", "help": "truncate examples to this many tokens"})
     seed: int = field(default=0, metadata={"help": "seed for the sample, the LoRA init, the data order and dropout"})
-    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
+    skip_bad_records: bool = field(default=False, metadata={
+        "help": "skip malformed records (counted) instead of failing"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
 
     def fingerprint(self) -> dict:
@@ -64,7 +94,7 @@ class WarmupConfig(TrainingArguments):
     train: list[Path] = field(metadata={
         "help": "pool files (JSON Lines, JSON array or Parquet); the warmup samples from their union"})
     output: Path = field(metadata={"help": "run folder to write"})
-    fraction: float = field(default=0.05, metadata={"help": "fraction of the pool to warm up on"})
+    fraction: float = field(default=0.05, metadata={"range": "fraction", "help": "fraction of the pool to warm up on"})
 
 
 @dataclass
@@ -85,9 +115,10 @@ class TrainConfig(TrainingArguments):
 
 # -- build -----------------------------------------------------------------------------------------
 @dataclass
-class BuildConfig:
+class BuildConfig(Checked):
     run: Path = field(metadata={"help": "warmup run folder (from `gradsift warmup`)"})
-    data: list[Path] = field(metadata={"help": "data files (JSON Lines, JSON array or Parquet) to compute features for"})
+    data: list[Path] = field(metadata={
+        "help": "data files (JSON Lines, JSON array or Parquet) to compute features for"})
     output: Path = field(metadata={"help": "store folder to write (resumed if it holds the same build)"})
     gradient: Literal["adam", "sgd"] = field(default="adam", metadata={"help": "adam for the pool, sgd for targets"})
     adam_form: AdamForm = field(default="corrected", metadata={
@@ -95,7 +126,8 @@ class BuildConfig:
     projection: ProjectionKind = field(default="sparse", metadata={
         "help": "sparse: sparse JL (default: as faithful as dense, 8x faster on a CPU); dense: Rademacher JL "
                 "(the reference); kronecker: per-parameter two-sided"})
-    dim: int = field(default=8192, metadata={"help": "projected dimensions"})
+    dim: int = field(default=8192, metadata={
+        "range": "positive", "unit": " of dimensions", "help": "projected dimensions"})
     dtype: StoreDtype = field(default="float16", metadata={
         "help": "how rows are stored: float16; int8 (one scale per row, half the size); bit (packed signs, "
                 "1/16 the size; cosine estimated from the Hamming distance)"})
@@ -104,23 +136,29 @@ class BuildConfig:
                 "answer is', 'Answer:' or '####'; a direct reply is all answer), its reasoning kept as context; "
                 "answer-only: the reasoning removed"})
     seed: int = field(default=0, metadata={"help": "projection seed (the same for every store to compare)"})
-    max_length: int | None = field(default=None, metadata={"help": "truncate to this many tokens (default: the run's)"})
-    batch_size: int = field(default=16, metadata={"help": "examples per batched backward pass"})
-    chunk_size: int = field(default=256, metadata={"help": "rows committed to disk at a time"})
-    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
+    max_length: int | None = field(default=None, metadata={
+        "range": "positive", "unit": " of tokens", "help": "truncate to this many tokens (default: the run's)"})
+    batch_size: int = field(default=16, metadata={"range": "positive", "help": "examples per batched backward pass"})
+    chunk_size: int = field(default=256, metadata={"range": "positive", "help": "rows committed to disk at a time"})
+    skip_bad_records: bool = field(default=False, metadata={
+        "help": "skip malformed records (counted) instead of failing"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    model_dtype: ModelDtype = field(default="auto", metadata={
+        "help": "the model's weights in the gradient pass (the feature math is float32 whatever it is): auto, "
+                "bfloat16 on a GPU and float32 on a CPU; bfloat16 on a CPU runs the GPU's path where no GPU is"})
 
 
 # -- select ----------------------------------------------------------------------------------------
 @dataclass
-class SelectConfig:
+class SelectConfig(Checked):
     output: Path = field(metadata={"help": "folder for selected.jsonl, scores.csv, summary.json"})
     method: str = field(default="fusion", metadata={
         "help": "one of %(choices)s (the registry, gradsift.selection.methods). fusion, the default, fuses the ranks "
                 "of less, bm25 and rds (docs/results.md); fusion and less read gradient stores (--train-store, "
                 "--target-store); exact (needs --run: LESS unprojected), random, bm25, rds (needs --model) and "
                 "full read records files (--pool, --target)"})
-    train_store: Path | None = field(default=None, metadata={"help": "less: gradient store of the pool (--gradient adam)"})
+    train_store: Path | None = field(default=None, metadata={
+        "help": "less: gradient store of the pool (--gradient adam)"})
     target_store: list[Path] | None = field(default=None, metadata={
         "help": "less: gradient stores of the targets (--gradient sgd); several give one selection each"})
     pool: list[Path] | None = field(default=None, metadata={"help": "exact/random/bm25/rds/full: pool records files"})
@@ -131,8 +169,10 @@ class SelectConfig:
         "help": "exact: the pool's Adam feature, as build's --adam-form (corrected, or less: the reference's)"})
     model: str | None = field(default=None, metadata={
         "help": "rds: the selector model whose hidden states are compared (fusion: default the stores' model)"})
-    fraction: float | None = field(default=0.05, metadata={"help": "fraction of the pool to select"})
-    count: int | None = field(default=None, metadata={"help": "number of examples to select (overrides --fraction)"})
+    fraction: float | None = field(default=0.05, metadata={
+        "range": "fraction", "help": "fraction of the pool to select"})
+    count: int | None = field(default=None, metadata={
+        "range": "positive", "help": "number of examples to select (overrides --fraction)"})
     aggregate: Aggregate = field(default="subtask-mean-max", metadata={
         "help": "subtask-mean-max (paper): mean per subtask, max over subtasks; mean, max (over target examples); "
                 "round-robin: each subtask's best rows in turn"})
@@ -144,29 +184,34 @@ class SelectConfig:
     pool_part: Part = field(default="whole", metadata={
         "help": "bm25, rds (and fusion's bm25 and rds): which part of each pool record they read (as --target-part)"})
     seed: int = field(default=0, metadata={"help": "random: the seed of the draw"})
-    max_length: int | None = field(default=None, metadata={
+    max_length: int | None = field(default=None, metadata={"range": "positive", "unit": " of tokens",
         "help": "rds/fusion/exact: truncate examples to this many tokens (default: exact, the run's, as its "
                 "stores; rds and fusion, 1024)"})
-    batch_size: int = field(default=16, metadata={"help": "rds/exact: examples per forward (exact: backward) pass"})
+    batch_size: int = field(default=16, metadata={
+        "range": "positive", "help": "rds/exact: examples per forward (exact: backward) pass"})
     device: str = field(default="auto", metadata={"help": "rds/exact: auto, cpu, cuda, ..."})
-    chunk_size: int = field(default=256, metadata={
+    chunk_size: int = field(default=256, metadata={"range": "positive",
         "help": "exact: pool rows whose cosines are committed to OUTPUT/exact at a time (where a rerun resumes)"})
-    chunk_rows: int = field(default=16384, metadata={"help": "pool rows scored at a time (bounds memory)"})
-    skip_bad_records: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of failing"})
+    chunk_rows: int = field(default=16384, metadata={
+        "range": "positive", "help": "pool rows scored at a time (bounds memory)"})
+    skip_bad_records: bool = field(default=False, metadata={
+        "help": "skip malformed records (counted) instead of failing"})
 
 
 # -- evaluate --------------------------------------------------------------------------------------
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(Checked):
     model: str = field(metadata={"help": "Hugging Face folder, GGUF file, or alias (smollm2-135m, gemma3-270m)"})
     data: list[Path] = field(metadata={"help": "held-out test files (JSON Lines, JSON array or Parquet); records "
                                                "with 'choices' are scored by likelihood, others by generation"})
     output: Path = field(metadata={"help": "folder to write summary.json and examples.jsonl to"})
     adapter: Path | None = field(default=None, metadata={
         "help": "peft adapter folder (adapter_config.json + adapter_model.safetensors), e.g. from `gradsift train`"})
-    batch_size: int = field(default=8, metadata={"help": "sequences per forward or generation pass"})
-    max_length: int = field(default=1024, metadata={"help": "truncate examples to this many tokens"})
-    max_new_tokens: int = field(default=64, metadata={
+    batch_size: int = field(default=8, metadata={
+        "range": "positive", "help": "sequences per forward or generation pass"})
+    max_length: int = field(default=1024, metadata={
+        "range": "positive", "unit": " of tokens", "help": "truncate examples to this many tokens"})
+    max_new_tokens: int = field(default=64, metadata={"range": "nonnegative",
         "help": "greedy generation budget for records without choices; 0: no generation (no accuracy for them)"})
     skip_bad_records: bool = field(default=False, metadata={
         "help": "skip malformed records (counted) instead of failing"})

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from helpers import chat_records, write_jsonl, write_parquet
 
@@ -33,6 +34,7 @@ RECORD_CASES = {
     "duplicate_ids.jsonl": "duplicate id 'g2'",
     "sharegpt_unknown_speaker.jsonl": "is from 'robot'",
     "malformed_json_gzip.jsonl.gz": "not valid JSON",
+    "lone_surrogate.jsonl": "unpaired UTF-16 surrogate (\\ud800)",
 }
 SMALL = ["--lora-r", "4", "--lora-alpha", "8", "--batch-size", "4", "--max-length", "64", "--device", "cpu"]
 
@@ -248,3 +250,49 @@ def test_a_non_finite_gradient_is_set_aside_and_never_scored(ctx, tmp_path, caps
     assert main(["train", "--model", str(poisoned), "--data", str(pool), "--output", str(tmp_path / "t"),
                  "--epochs", "1", *SMALL]) == 2
     one_line_error(capsys, "the training loss is nan")
+
+
+# -- settings that cannot work: refused when the command starts, in one line ----------------------
+
+BAD_SETTINGS = [  # (command, flags, words of the error)
+    ("warmup", ["--epochs", "0"], "--epochs must be a positive number, got 0"),
+    ("warmup", ["--fraction", "1.5"], "--fraction must be in (0, 1], got 1.5"),
+    ("warmup", ["--learning-rate", "nan"], "--learning-rate must be a positive number, got nan"),
+    ("warmup", ["--lora-dropout", "1"], "--lora-dropout must be in [0, 1), got 1.0"),
+    ("warmup", ["--micro-batch-size", "0"], "--micro-batch-size must be a positive number, got 0"),
+    ("train", ["--max-length", "-3"], "--max-length must be a positive number of tokens, got -3"),
+    ("build", ["--dim", "0"], "--dim must be a positive number of dimensions, got 0"),
+    ("build", ["--dim", "7"], "--projection sparse needs --dim divisible by 4 (e.g. 8), got 7"),
+    ("build", ["--chunk-size", "0"], "--chunk-size must be a positive number, got 0"),
+    ("select-pool", ["--fraction", "0"], "--fraction must be in (0, 1], got 0.0"),
+    ("select-pool", ["--chunk-rows", "-1"], "--chunk-rows must be a positive number, got -1"),
+    ("evaluate", ["--max-new-tokens", "-1"], "--max-new-tokens must be zero or more, got -1"),
+    ("evaluate", ["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
+    ("build", ["--device", "gpu"], "--device 'gpu' is not a device"),
+]
+
+
+@pytest.mark.parametrize(("command", "flags", "words"), BAD_SETTINGS)
+def test_settings_that_cannot_work_are_refused_before_any_work(ctx, command, flags, words, tmp_path, capsys):
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "out"
+    argv = commands(ctx, ctx["good"], out)[command]
+    if "--count" in flags or "--fraction" in flags:  # select's size: one flag at a time
+        argv = [a for k, a in enumerate(argv) if a != "--count" and (k == 0 or argv[k - 1] != "--count")]
+    assert main(argv + flags) == 2
+    one_line_error(capsys, words)
+    assert not (out / "run.json").exists() and not (out / "manifest.json").exists() and not (out / "summary.json").exists()
+
+
+def test_an_output_that_is_a_file_and_a_model_without_a_tokenizer(ctx, tmp_path, capsys):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("mine")
+    assert main(commands(ctx, ctx["good"], taken)["select-pool"]) == 2
+    one_line_error(capsys, f"{taken} is a file: an output must be a folder")
+    assert taken.read_text() == "mine"
+    bare = tmp_path / "bare-model"
+    shutil.copytree(ctx["model"], bare, ignore=lambda d, names: [n for n in names if n.startswith(("tokenizer",
+                                                                                                   "special_tokens"))])
+    assert main(["warmup", "--model", str(bare), "--train", str(ctx["good"]), "--output", str(tmp_path / "r")]) == 2
+    one_line_error(capsys, "has no tokenizer")

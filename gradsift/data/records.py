@@ -91,6 +91,11 @@ class DataFile:
 def _text(value, field: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"field {field!r} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's "\\ud800" escape alone: no character, nothing can print or tokenize it
+        raise ValueError(f"field {field!r} holds an unpaired UTF-16 surrogate "
+                         f"({e.object[e.start:e.end].encode('unicode_escape').decode()}), which is not text") from None
     return value
 
 
@@ -254,6 +259,8 @@ def scan_file(path: Path, skip_bad: bool) -> Iterator[tuple[ExampleRef, list[dic
                 id=str(rid), source=str(record.get("source", stem)), subtask=str(record.get("subtask", "")),
                 chars=sum(len(m["content"]) for m in messages),
             )
+            for name in ("id", "source", "subtask"):
+                _text(getattr(ref, name), name)
         except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
             problem = (f"not valid UTF-8: {e}" if isinstance(e, UnicodeDecodeError) else
                        f"not valid JSON: {e}" if isinstance(e, json.JSONDecodeError) else str(e))

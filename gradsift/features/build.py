@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from gradsift.config import BuildConfig
@@ -21,12 +22,13 @@ from gradsift.data.index import index_examples
 from gradsift.data.records import STATUSES, print_skips
 from gradsift.features.engine import (
     chunk_features,
+    features_dtype,
     load_features_model,
     open_run,
     use_checkpoint,
 )
 from gradsift.features.gradients import PerExampleGradients
-from gradsift.features.projection import make_projector
+from gradsift.features.projection import check_projection, make_projector
 from gradsift.store.datastore import GradientStore
 from gradsift.training.run import Run
 from gradsift.utils.distributed import World, shard_bounds, world_locks
@@ -35,7 +37,7 @@ from gradsift.utils.models import pick_device
 
 
 def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, projection: dict, max_length: int,
-              files, bad, index) -> dict:
+              files, bad, index, device: torch.device) -> dict:
     names = hashlib.blake2b("\n".join(f"{n}:{s}" for n, s in zip(grads.names, grads.shapes)).encode(), digest_size=16)
     total_lr = sum(c.lr for c in run.checkpoints)
     if not total_lr > 0:
@@ -52,6 +54,7 @@ def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, project
         "adam_form": config.adam_form if config.gradient == "adam" else None,
         "projection": projection,
         "dtype": config.dtype,
+        "model_dtype": str(features_dtype(device, config.model_dtype)).removeprefix("torch."),
         "max_length": max_length,
         "response": config.response,
         "parameters": {"count": grads.size, "layout": names.hexdigest()},
@@ -91,17 +94,19 @@ def _build_together(configs: list[BuildConfig], world: World) -> list[GradientSt
         raise ConfigError("stores built together must differ only in projection, dim, seed and dtype")
     if len({Path(c.output).resolve() for c in configs}) != len(configs):
         raise ConfigError("stores built together need distinct outputs")
+    for c in configs:
+        check_projection(c.projection, c.dim)
     config = configs[0]
     run = open_run(config.run, adam=config.gradient == "adam")
     device = world.device(pick_device(config.device))
-    model, tokenizer = load_features_model(run, device)
+    model, tokenizer = load_features_model(run, device, config.model_dtype)
     max_length = config.max_length or run.config["max_length"]
     encoder = ChatEncoder(tokenizer, max_length, config.response)
     index, bad, files = index_examples(config.data, encoder, config.skip_bad_records)
 
     with PerExampleGradients(model) as grads:
         projectors = [make_projector(c.projection, grads.shapes, c.dim, c.seed) for c in configs]
-        manifests = [_manifest(c, run, grads, p.describe(), max_length, files, bad, index)
+        manifests = [_manifest(c, run, grads, p.describe(), max_length, files, bad, index, device)
                      for c, p in zip(configs, projectors)]
         open_stores = lambda: [_open_or_create(Path(c.output), m, index) for c, m in zip(configs, manifests)]  # noqa: E731
         stores = open_stores() if world.main else None
@@ -153,7 +158,7 @@ def _open_or_create(path: Path, manifest: dict, index) -> GradientStore:
     if not (path / "manifest.json").exists():
         return GradientStore.create(path, manifest, index)
     store = GradientStore.open(path)
-    earlier = {"response": "full"}  # settings added since, as stores built before them hold them
+    earlier = {"response": "full", "model_dtype": "float32"}  # settings added since, as older stores hold them
     # finish() adds the counts
     differ = [k for k in manifest if k != "counts" and store.manifest.get(k, earlier.get(k)) != manifest[k]]
     if differ:

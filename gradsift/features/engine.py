@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from gradsift.config import AdamForm
+from gradsift.config import AdamForm, ModelDtype
 from gradsift.data.chat import ChatEncoder, collate, encode_refs
 from gradsift.features.adam import AdamState
 from gradsift.features.gradients import PerExampleGradients
@@ -43,9 +43,16 @@ def open_run(path: Path, adam: bool) -> Run:
     return run
 
 
-def load_features_model(run: Run, device: torch.device):
-    """(peft model, tokenizer) of the run for gradient features: bfloat16 on a GPU, in eval mode."""
-    model, tokenizer = run.load_model(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+def features_dtype(device: torch.device, model_dtype: ModelDtype = "auto") -> torch.dtype:
+    """The model's dtype in a gradient pass: ``auto`` is bfloat16 on a GPU, float32 on a CPU."""
+    if model_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[model_dtype]
+
+
+def load_features_model(run: Run, device: torch.device, model_dtype: ModelDtype = "auto"):
+    """(peft model, tokenizer) of the run for gradient features, in eval mode (``features_dtype``)."""
+    model, tokenizer = run.load_model(device, features_dtype(device, model_dtype))
     model.eval()  # no LoRA dropout while extracting features
     return model, tokenizer
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from gradsift.features.adam import flat_layout, normalize_rows
+from gradsift.utils.errors import ConfigError
 
 
 def _stream(seed: int, stream: int) -> np.random.Generator:
@@ -173,6 +174,16 @@ class KroneckerProjector(Projector):
 PROJECTORS: dict[str, type[Projector]] = {
     cls.kind: cls for cls in (DenseRademacherProjector, SparseJLProjector, KroneckerProjector)
 }
+
+
+def check_projection(kind: str, dim: int) -> None:
+    """Settings no projector can take are a ConfigError, said before a build loads anything."""
+    if kind not in PROJECTORS:
+        raise ConfigError(f"unknown projection {kind!r}; choose from {sorted(PROJECTORS)}")
+    if kind == "sparse" and dim % SparseJLProjector.NNZ:
+        near = max(SparseJLProjector.NNZ, round(dim / SparseJLProjector.NNZ) * SparseJLProjector.NNZ)
+        raise ConfigError(f"--projection sparse needs --dim divisible by {SparseJLProjector.NNZ} (e.g. {near}), "
+                          f"got {dim}")
 
 
 def make_projector(kind: str, shapes: Sequence[tuple[int, ...]], dim: int, seed: int) -> Projector:

@@ -48,6 +48,9 @@ def _read_holder(fd: int) -> dict | None:
 def folder_lock(folder: Path) -> Iterator[None]:
     """Hold FOLDER's write lock for the ``with`` block; refuse if a live process holds it."""
     folder = Path(folder)
+    for above in (folder, *folder.parents):
+        if above.exists() and not above.is_dir():
+            raise GradsiftError(f"{above} is a file: an output must be a folder (choose another --output)")
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME

@@ -126,16 +126,36 @@ def model_fingerprint(folder: Path) -> str:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """--device as a torch device: auto is a GPU where there is one; one that is not here is a ConfigError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if chosen.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: gradsift runs on cpu or cuda")
+    return chosen
 
 
 def load_tokenizer(spec: str):
     """The model's tokenizer alone (what tokenizing data needs), with a pad token."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(spec)))
+    folder = resolve_model(spec)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json",
+                                                      "tokenizer_config.json")):
+        raise ConfigError(f"model {spec!r} has no tokenizer in {folder} (tokenizer.json or tokenizer_config.json): "
+                          "save the tokenizer beside the weights (tokenizer.save_pretrained)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, ImportError) as e:  # a missing file, an unknown class, a missing library
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model {spec!r}: its tokenizer in {folder} does not load: {first}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

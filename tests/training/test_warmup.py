@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 
 import pytest
 import torch
@@ -68,9 +69,16 @@ def test_a_warmup_inside_the_lr_ramp_still_trains_and_lr_0_is_a_one_line_error(t
     # one optimizer step, all of it inside the LR warmup: transformers' schedule would train it at LR 0
     short = warmup(make_config(tiny_model_dir, pool, tmp_path / "short", epochs=1, batch_size=64, warmup_ratio=0.5))
     assert len(short.checkpoints) == 1 and short.checkpoints[0].lr == pytest.approx(5e-3)
-    zero = warmup(make_config(tiny_model_dir, pool, tmp_path / "zero", epochs=1, batch_size=64, learning_rate=0.0))
+    with pytest.raises(ConfigError, match=r"--learning-rate must be a positive number, got 0.0"):
+        make_config(tiny_model_dir, pool, tmp_path / "zero", epochs=1, batch_size=64, learning_rate=0.0)
+    # a run that trained at LR 0 all the same (made before that check) cannot weigh a store's checkpoints
+    zero = tmp_path / "zero"
+    shutil.copytree(short.path, zero)
+    meta = json.loads((zero / "run.json").read_text())
+    meta["checkpoints"] = [{**c, "lr": 0.0} for c in meta["checkpoints"]]
+    (zero / "run.json").write_text(json.dumps(meta))
     with pytest.raises(StoreMismatchError, match="learning rate 0"):
-        build(BuildConfig(run=zero.path, data=[pool], output=tmp_path / "store", dim=64, device="cpu"))
+        build(BuildConfig(run=zero, data=[pool], output=tmp_path / "store", dim=64, device="cpu"))
 
 
 def test_checkpoint_lr_is_mean_of_the_epochs_schedule(full_run):

@@ -129,9 +129,7 @@ class SelectionMethod(ABC):
 
     @classmethod
     def token_limit(cls, config: SelectConfig) -> int:
-        """Tokens an example is truncated to: --max-length, else 1024."""
-        if config.max_length is not None and config.max_length < 1:
-            raise ConfigError(f"--max-length must be a positive number of tokens, got {config.max_length}")
+        """Tokens an example is truncated to: --max-length (checked positive by the config), else 1024."""
         return 1024 if config.max_length is None else config.max_length
 
     @classmethod
