@@ -262,6 +262,17 @@ def test_collate_right_pads_without_labels(tokenizer):
     assert batch["attention_mask"].dtype == torch.long
 
 
+def test_a_template_that_adds_bos_gets_one_bos(tokenizer):
+    """Templates such as Llama's render the BOS token themselves: the text is tokenized without special
+    tokens, so an example starts with exactly one BOS (a tokenizer adding its own would make two)."""
+    tokenizer.add_special_tokens({"bos_token": "<s>"})  # a BOS of its own, as Llama's
+    tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    messages = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat on mat"}]
+    ids, labels = ChatEncoder(tokenizer, max_length=128).encode(messages)
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    assert labelled_text(tokenizer, labels) == "sat on mat <|im_end|>"
+
+
 def test_fallback_chat_template_when_tokenizer_has_none(tokenizer):
     tokenizer.chat_template = None
     encoder = ChatEncoder(tokenizer, max_length=128)
