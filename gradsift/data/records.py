@@ -99,32 +99,30 @@ def _text(value, field: str) -> str:
     return value
 
 
+def _turns(record: dict, field: str, speaker: str, text: str, roles: dict[str, str]) -> list[dict[str, str]]:
+    """A list of turns (``messages``, ShareGPT's ``conversations``) as messages; ValueError says what is wrong."""
+    items = record[field]
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"'{field}' must be a non-empty list")
+    out = []
+    for k, m in enumerate(items):
+        if not isinstance(m, dict) or speaker not in m or text not in m:
+            raise ValueError(f"{field}[{k}] must be an object with '{speaker}' and '{text}'")
+        if m[speaker] not in roles:
+            said = "has role" if speaker == "role" else "is from"
+            raise ValueError(f"{field}[{k}] {said} {m[speaker]!r}; expected one of {tuple(roles)}")
+        out.append({"role": roles[m[speaker]], "content": _text(m[text], f"{field}[{k}].{text}")})
+    return out
+
+
 def to_messages(record: object) -> list[dict[str, str]]:
     """Normalise a record of any supported format to chat messages; ValueError says what is wrong."""
     if not isinstance(record, dict):
         raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")
     if "messages" in record:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise ValueError("'messages' must be a non-empty list")
-        out = []
-        for k, m in enumerate(messages):
-            if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise ValueError(f"messages[{k}] must be an object with 'role' and 'content'")
-            if m["role"] not in ROLES:
-                raise ValueError(f"messages[{k}] has role {m['role']!r}; expected one of {ROLES}")
-            out.append({"role": m["role"], "content": _text(m["content"], f"messages[{k}].content")})
+        out = _turns(record, "messages", "role", "content", {r: r for r in ROLES})
     elif "conversations" in record:
-        turns = record["conversations"]
-        if not isinstance(turns, list) or not turns:
-            raise ValueError("'conversations' must be a non-empty list")
-        out = []
-        for k, m in enumerate(turns):
-            if not isinstance(m, dict) or "from" not in m or "value" not in m:
-                raise ValueError(f"conversations[{k}] must be an object with 'from' and 'value'")
-            if m["from"] not in SHAREGPT_ROLES:
-                raise ValueError(f"conversations[{k}] is from {m['from']!r}; expected one of {tuple(SHAREGPT_ROLES)}")
-            out.append({"role": SHAREGPT_ROLES[m["from"]], "content": _text(m["value"], f"conversations[{k}].value")})
+        out = _turns(record, "conversations", "from", "value", SHAREGPT_ROLES)
     elif "instruction" in record and "output" in record:
         prompt = _text(record["instruction"], "instruction")
         extra = _text(record.get("input") or "", "input")
