@@ -103,14 +103,22 @@ class TrainConfig(TrainingArguments):
     data: list[Path] = field(metadata={"help": "records files to train on (e.g. a selection's selected.jsonl)"})
     output: Path = field(metadata={"help": "folder for the run and the final adapter (or model, with --full)"})
     full: bool = field(default=False, metadata={"help": "fine-tune every weight instead of a LoRA adapter"})
+    steps: int | None = field(default=None, metadata={
+        "range": "positive", "help": "train for this many optimizer steps whatever the records' number (equal "
+                                     "compute: the records are cycled in their content order, epoch after epoch, "
+                                     "the last epoch cut short); --epochs is then ignored"})
 
     def fingerprint(self) -> dict:
         """A fine-tuning run is identified by the content it trains on, not by where that file lies:
-        moved records still resume, edited ones do not."""
+        moved records still resume, edited ones do not. ``steps`` counts only when set (runs made before it
+        existed still resume)."""
         files = data_files(self.data)
         for path in files:
             require_data_file(path)
-        return {**super().fingerprint(), "data": [file_sha256(p) for p in files]}
+        found = {**super().fingerprint(), "data": [file_sha256(p) for p in files]}
+        if found["steps"] is None:
+            del found["steps"]
+        return found
 
 
 # -- build -----------------------------------------------------------------------------------------

@@ -27,12 +27,14 @@ Config (YAML; paths relative to the file, globs allowed)::
     select: {aggregate: subtask-mean-max}              # SelectConfig fields shared by every method
     train: {epochs: 2, lora_r: 8, learning_rate: 2e-4} # TrainConfig fields
     evaluate: {max_new_tokens: 16}                     # EvaluateConfig fields
+    budget: {steps: 40}                                # optional: every cell trains 40 optimizer steps
+                                                       # whatever its size (equal compute), not train's epochs
     transfer:                                          # train another model on some methods' selections
       - {model: gemma3-270m, methods: [less, random], train: {micro_batch_size: 4}}
 
 DIR gets ``results.csv`` (one row per cell: loss, accuracy, precision, recall, AUC, and ``length``, the
 selection's median length over the pool's), ``results.md`` (mean ± spread over seeds, best loss per
-target and model in bold), ``results.png`` (bar chart), ``experiment.json`` (the config it ran), and
+target and model in bold), ``results.png`` (bars; with several fractions, loss against fraction), ``experiment.json`` (the config it ran), and
 the stages' folders: ``run/`` (and ``run-<key>/`` per warmup override), ``stores/``, ``selections/``, ``train/``, ``eval/``.
 """
 
@@ -100,6 +102,7 @@ class ExperimentConfig:
     train: dict = field(default_factory=dict)
     evaluate: dict = field(default_factory=dict)
     transfer: list[TransferSpec] = field(default_factory=list)
+    budget: dict = field(default_factory=dict)  # {steps: N}: every cell trains N optimizer steps (equal compute)
 
 
 def _files(base: Path, patterns, what: str) -> list[Path]:
@@ -125,7 +128,8 @@ def load_experiment(path: Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: unknown keys {sorted(set(raw) - known)}; known: {sorted(known)}")
     base = path.parent
     hints = typing.get_type_hints(ExperimentConfig)
-    for name in ("model", "fractions", "seeds", "relevance", "warmup", "build", "select", "train", "evaluate"):
+    for name in ("model", "fractions", "seeds", "relevance", "warmup", "build", "select", "train", "evaluate",
+                 "budget"):
         if name in raw and not has_type(raw[name], hints[name]):
             raise ConfigError(f"{path}: {name}: expected {type_name(hints[name])}, got {raw[name]!r}")
     try:
@@ -192,6 +196,11 @@ def _check(config: ExperimentConfig, path: Path) -> None:
     stages += [(TrainConfig, f"transfer.{t.model}.train", t.train) for t in config.transfer]
     for cls, stage, values in stages:
         check_stage_values(cls, f"{path}: {stage}", values)
+    if set(config.budget) - {"steps"}:
+        raise ConfigError(f"{path}: budget: unknown keys {sorted(set(config.budget) - {'steps'})}; known: ['steps']")
+    steps = config.budget.get("steps")
+    if "steps" in config.budget and not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
+        raise ConfigError(f"{path}: budget.steps: expected a positive number of optimizer steps, got {steps!r}")
     for t in config.transfer:
         unknown = set(t.methods) - set(labels)
         if unknown:

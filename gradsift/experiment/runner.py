@@ -184,7 +184,7 @@ class Experiment:
                         continue
                     for fraction in ([1.0] if METHODS[spec.method].selects_all else c.fractions):
                         jobs.append({"model": model, "method": spec.label, "seed": seed, "fraction": fraction,
-                                     "train": {**c.train, **train_overrides}})
+                                     "train": {**c.train, **train_overrides, **c.budget}})
         return jobs
 
     def run(self) -> list[dict]:

@@ -178,7 +178,9 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
         adapted = {"targets": fingerprint["lora_targets"], "layers": layers, "parameters": sum(p.numel() for p in params)}
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(encoded) / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
+    budget = getattr(settings, "steps", None)  # train's equal-compute mode: a number of steps, not of epochs
+    epochs = math.ceil(budget / steps_per_epoch) if budget else settings.epochs
+    total = budget or steps_per_epoch * epochs
     warmup_steps = math.ceil(settings.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: learning_rate_factor(k, warmup_steps, total))
 
@@ -196,12 +198,13 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
-    for epoch in range(len(run.checkpoints) + 1, settings.epochs + 1):
+    for epoch in range(len(run.checkpoints) + 1, epochs + 1):
         torch.manual_seed(settings.seed * 1000 + epoch)  # dropout: the same whether or not the run resumed
         order = (content_order(encoded, settings.seed, epoch) if order_by_content else
                  np.random.default_rng([settings.seed, epoch]).permutation(len(encoded)))
         lrs = []
-        bar = tqdm(range(steps_per_epoch), desc=f"{output.name} epoch {epoch}/{settings.epochs}", unit="step",
+        steps = min(steps_per_epoch, total - (epoch - 1) * steps_per_epoch)  # the budget's last epoch: a part
+        bar = tqdm(range(steps), desc=f"{output.name} epoch {epoch}/{epochs}", unit="step",
                    disable=not world.main)
         for step in bar:
             chosen = order[step * settings.batch_size: (step + 1) * settings.batch_size]
@@ -228,7 +231,7 @@ def train_run(settings: TrainingArguments, model_spec: str, data: list[Path], ou
             optimizer.zero_grad(set_to_none=True)
             stop_point("train:step")
             bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{lrs[-1]:.2e}")
-        step_count = epoch * steps_per_epoch
+        step_count = (epoch - 1) * steps_per_epoch + steps
         if world.main:  # the processes hold the same weights and moments: one of them writes
             run.checkpoints.append(_save_checkpoint(run, model, optimizer, epoch, step_count, float(np.mean(lrs))))
             stop_point("train:checkpoint-saved")  # the checkpoint folder is whole, run.json does not list it yet

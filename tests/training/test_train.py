@@ -124,3 +124,17 @@ def test_full_fine_tuning_exports_a_model_folder(tiny_model_dir, records, tmp_pa
     tuned = evaluate(EvaluateConfig(model=str(run.path), data=[records[0]], output=tmp_path / "e1",
                                     max_new_tokens=0, device="cpu"))
     assert tuned["loss"] < base["loss"]
+
+
+def test_a_step_budget_trains_that_many_steps_whatever_the_records(tiny_model_dir, records, tmp_path):
+    """Equal compute: --steps N takes N optimizer steps, cycling the records epoch after epoch (the last
+    epoch cut short), with the LR schedule over those N steps; without it, --epochs as before."""
+    train_file, _ = records  # 12 records, batch 4: 3 steps an epoch
+    common = dict(model=str(tiny_model_dir), data=[train_file], lora_r=2, lora_alpha=4.0, batch_size=4,
+                  micro_batch_size=4, max_length=64, learning_rate=1e-2, warmup_ratio=0.0, device="cpu")
+    run = train(TrainConfig(**common, output=tmp_path / "budget", steps=7, epochs=1))
+    assert [c.step for c in run.checkpoints] == [3, 6, 7]  # epochs 1, 2 and a third of one step
+    assert run.checkpoints[-1].lr < run.checkpoints[0].lr  # the schedule decays over the 7 steps
+    assert "steps" in run.config and run.config["steps"] == 7
+    plain = train(TrainConfig(**common, output=tmp_path / "epochs", epochs=2))
+    assert [c.step for c in plain.checkpoints] == [3, 6] and "steps" not in plain.config
