@@ -34,8 +34,9 @@ Config (YAML; paths relative to the file, globs allowed)::
 
 DIR gets ``results.csv`` (one row per cell: loss, accuracy, precision, recall, AUC, and ``length``, the
 selection's median length over the pool's), ``results.md`` (mean ± spread over seeds, best loss per
-target and model in bold), ``results.png`` (bars; with several fractions, loss against fraction), ``experiment.json`` (the config it ran), and
-the stages' folders: ``run/`` (and ``run-<key>/`` per warmup override), ``stores/``, ``selections/``, ``train/``, ``eval/``.
+target and model in bold), ``results.png`` (bars; with several fractions, loss against fraction),
+``experiment.json`` (the config it ran), and the stages' folders: ``run/`` (and ``run-<key>/`` per
+warmup override), ``stores/``, ``selections/``, ``train/``, ``eval/``.
 """
 
 from __future__ import annotations
