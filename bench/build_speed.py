@@ -52,8 +52,9 @@ from gradsift.config import BuildConfig, WarmupConfig
 from gradsift.data.chat import ChatEncoder, collate, encode_refs, per_example_loss
 from gradsift.data.index import index_examples
 from gradsift.data.records import read_records
-from gradsift.features.adam import AdamState, normalize_rows
+from gradsift.features.adam import normalize_rows
 from gradsift.features.build import build
+from gradsift.features.engine import checkpoint_adam
 from gradsift.features.gradients import PerExampleGradients
 from gradsift.features.projection import PROJECTORS, make_projector
 from gradsift.selection.methods import subtask_of
@@ -110,8 +111,7 @@ def load(args):
     last = run.checkpoints[-1]
     set_peft_model_state_dict(model, last.adapter_state())
     model.eval()
-    m, v = last.adam_state([n for n, _ in lora_parameters(model)])
-    return model, AdamState(m.to(device), v.to(device), last.step, last.betas, last.eps), tokenizer, device
+    return model, checkpoint_adam(last, [n for n, _ in lora_parameters(model)], device), tokenizer, device
 
 
 def batches(examples, size, pad: int, device):

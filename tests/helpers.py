@@ -202,3 +202,20 @@ def save_tiny_model(folder: Path, kind: str) -> Path:
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     return folder
+
+
+def crash_on_second_save(monkeypatch):
+    """Make the training loop die (KeyboardInterrupt) while saving its second checkpoint; return the real
+    saver, to put back before resuming."""
+    import gradsift.training.loop as loop
+
+    real_save, calls = loop._save_checkpoint, []
+
+    def crashing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed during epoch 2's save")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_save_checkpoint", crashing)
+    return real_save

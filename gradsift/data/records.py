@@ -29,7 +29,7 @@ import numpy as np
 
 from gradsift.config import Part
 from gradsift.utils.errors import DataError
-from gradsift.utils.files import data_stem, data_suffix, require_data_file
+from gradsift.utils.files import data_stem, data_suffix, require_data_file, saved_dataset
 
 ROLES = ("system", "user", "assistant")
 # ShareGPT's speakers (``from``) as roles: the common spellings of LLaMA-Factory, axolotl and FastChat
@@ -246,7 +246,7 @@ def scan_file(path: Path, skip_bad: bool) -> Iterator[tuple[ExampleRef, list[dic
     Without ``skip_bad`` a malformed record raises DataError naming the file and line."""
     require_data_file(path)
     # a record's default source: its file's name, or for a saved dataset's shard, the dataset's folder
-    stem = path.parent.name if (path.parent / "state.json").is_file() and path.suffix == ".arrow" else data_stem(path)
+    stem = path.parent.name if path.suffix == ".arrow" and saved_dataset(path.parent) else data_stem(path)
     for line, offset, raw in _iter_raw(path):
         try:
             record = json.loads(raw)

@@ -63,9 +63,12 @@ def use_checkpoint(model, checkpoint: Checkpoint, grads: PerExampleGradients, de
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, checkpoint.adapter_state())
-    if not adam:
-        return None
-    m, v = checkpoint.adam_state(grads.names)  # the moments, with the checkpoint's step, betas and eps
+    return checkpoint_adam(checkpoint, grads.names, device) if adam else None
+
+
+def checkpoint_adam(checkpoint: Checkpoint, names: list[str], device: torch.device | str = "cpu") -> AdamState:
+    """A checkpoint's Adam moments of the parameters ``names``, with its step, betas and eps."""
+    m, v = checkpoint.adam_state(names)
     return AdamState(m.to(device), v.to(device), checkpoint.step, checkpoint.betas, checkpoint.eps)
 
 

@@ -138,6 +138,11 @@ def require_data_file(path: Path) -> None:
         raise DataError(path, 0, "no such data file")
 
 
+def saved_dataset(folder: Path) -> bool:
+    """Whether FOLDER was written by Hugging Face datasets' ``save_to_disk`` (its state.json lists its shards)."""
+    return (Path(folder) / "state.json").is_file()
+
+
 def data_files(paths) -> list[Path]:
     """The data files that the user's paths name, resolved, in order: a file as it is; a folder written by
     Hugging Face datasets' ``save_to_disk``, its Arrow shards in the order its state.json lists them;
@@ -146,9 +151,9 @@ def data_files(paths) -> list[Path]:
     out = []
     for given in map(Path, paths):
         if given.is_dir():
-            state = given / "state.json"
-            if state.is_file():
-                out += [given / f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
+            if saved_dataset(given):
+                state = json.loads((given / "state.json").read_text())
+                out += [given / f["filename"] for f in state.get("_data_files", [])]
                 continue
             found = sorted(p for p in given.iterdir() if p.is_file() and data_suffix(p))
             if not found:

@@ -24,7 +24,6 @@ class Shortest(SelectionMethod):
     """The shortest records first, ties broken by a seeded draw."""
 
     name: ClassVar[str] = "shortest"
-    about: ClassVar[str] = "the shortest records (a test's own method)"
     seeded: ClassVar[bool] = True
     seed: int = 0
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from helpers import chat_records, write_jsonl
+from helpers import chat_records, crash_on_second_save, write_jsonl
 from safetensors.torch import load_file
 
 import gradsift.training.loop as training
@@ -62,16 +62,7 @@ def test_training_lowers_the_loss_on_its_own_records(lora_run, tiny_model_dir, r
 
 
 def test_interrupted_training_resumes_to_the_uninterrupted_result(lora_run, tiny_model_dir, records, tmp_path, monkeypatch):
-    real_save = training._save_checkpoint
-    calls = []
-
-    def crash_on_second_save(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed during epoch 2's save")
-        return real_save(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_save_checkpoint", crash_on_second_save)
+    real_save = crash_on_second_save(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(config(tiny_model_dir, records[0], tmp_path / "run"))
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()  # no final weights from a partial run

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import chat_records, write_jsonl
+from helpers import chat_records, crash_on_second_save, write_jsonl
 from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
@@ -123,16 +123,7 @@ def test_one_checkpoint_per_epoch_with_adapter_and_named_optimizer_state(full_ru
 def test_interrupted_warmup_resumes_to_the_uninterrupted_result(tiny_model_dir, pool, full_run, tmp_path, monkeypatch):
     output = tmp_path / "run"
     config = make_config(tiny_model_dir, pool, output)
-    real_save = warmup_module._save_checkpoint
-    calls = []
-
-    def crash_on_second_save(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed during epoch 2's save")
-        return real_save(*args, **kwargs)
-
-    monkeypatch.setattr(warmup_module, "_save_checkpoint", crash_on_second_save)
+    real_save = crash_on_second_save(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         warmup(config)
     partial = Run.open(output)

@@ -113,7 +113,6 @@ class TargetScores:
 
 class SelectionMethod(ABC):
     name: ClassVar[str]  # its --method name and its label in summary.json
-    about: ClassVar[str]  # one line for --help
     reads: ClassVar[Literal["records", "stores"]] = "records"  # records files (--pool, --target), or gradient
     # stores (--train-store, --target-store) that an experiment builds from its warmup run
     reads_run: ClassVar[bool] = False  # a warmup run: its stores, or its checkpoints directly (--run)

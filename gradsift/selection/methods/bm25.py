@@ -26,7 +26,6 @@ def record_text(ref: ExampleRef, part: Part = "whole") -> str:
 @dataclass
 class Bm25(SimilarityMethod):
     name: ClassVar[str] = "bm25"
-    about: ClassVar[str] = "BM25 of each target example's text against the pool's texts (records)"
     k1: float = 1.5
     b: float = 0.75
     target_part: Part = "whole"

@@ -171,7 +171,6 @@ class CosineWork:
 @dataclass
 class Exact(SimilarityMethod):
     name: ClassVar[str] = "exact"
-    about: ClassVar[str] = "LESS with no projection, from the warmup run's checkpoints directly (records, --run)"
     reads_run: ClassVar[bool] = True
     run: Path | None = None  # the warmup run
     work: Path | None = None  # where the cosines are committed (``gradsift select``: OUTPUT/exact)

@@ -14,7 +14,6 @@ from gradsift.selection.methods.base import Pool, SelectionMethod, Target, Targe
 @dataclass
 class FullPool(SelectionMethod):
     name: ClassVar[str] = "full"
-    about: ClassVar[str] = "the whole pool, whatever --fraction says (records)"
     selects_all: ClassVar[bool] = True
 
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:

@@ -27,7 +27,6 @@ from gradsift.selection.scoring import fuse_ranks
 @dataclass
 class Fusion(SelectionMethod):
     name: ClassVar[str] = "fusion"
-    about: ClassVar[str] = "the default: the ranks of less, bm25 and rds fused (stores; rds with the stores' model)"
     reads: ClassVar[str] = "stores"
     reads_run: ClassVar[bool] = True
     reads_model: ClassVar[bool] = True

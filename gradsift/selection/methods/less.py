@@ -24,7 +24,6 @@ CHUNK_BYTES = 1 << 28  # decoded pool rows of one chunk (one buffer, and the nex
 @dataclass
 class Less(SimilarityMethod):
     name: ClassVar[str] = "less"
-    about: ClassVar[str] = "LESS: cosine of the pool's Adam gradient features with the targets' gradients (stores)"
     reads: ClassVar[str] = "stores"
     reads_run: ClassVar[bool] = True
 

@@ -22,7 +22,6 @@ from gradsift.utils.errors import ConfigError
 @dataclass
 class Oracle(SelectionMethod):
     name: ClassVar[str] = "oracle"
-    about: ClassVar[str] = "the records a benchmark labels relevant (experiments with relevance labels only)"
     reads_labels: ClassVar[bool] = True
     relevance: dict[str, set[str]] = field(default_factory=dict)  # {target: relevant pool ids}
     seed: int = 0

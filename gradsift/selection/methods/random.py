@@ -16,7 +16,6 @@ from gradsift.selection.methods.base import Pool, SelectionMethod, Target, Targe
 @dataclass
 class RandomSelection(SelectionMethod):
     name: ClassVar[str] = "random"
-    about: ClassVar[str] = "a seeded random draw: the baseline every method must beat (records)"
     seeded: ClassVar[bool] = True
     seed: int = 0
 

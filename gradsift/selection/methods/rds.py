@@ -34,7 +34,6 @@ def weighted_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> to
 @dataclass
 class Rds(SimilarityMethod):
     name: ClassVar[str] = "rds"
-    about: ClassVar[str] = "RDS+: cosine of the selector model's pooled hidden states (records, --model)"
     reads_model: ClassVar[bool] = True
     model: str = ""
     max_length: int = 1024
