@@ -44,6 +44,7 @@ import yaml
 
 from gradsift.utils.errors import GradsiftError
 from gradsift.utils.files import atomic_write_json, atomic_write_jsonl, file_sha256
+from worked import Unworkable, worked_answer
 
 FORMAT_VERSION = 1
 # Versions known to hold the files below; only used to say what to install.
@@ -131,6 +132,7 @@ class Part:
     subtask: str | None = None  # default: the family's name
     choices: tuple[str, ...] | None = None  # test items: the answer set, for log-likelihood accuracy
     restated: bool = False  # the family's records in another wording (RESTATE): the "restated" variant
+    worked: bool = False  # few-shot items with a worked answer (worked.py): the "worked" variant
 
 
 @dataclass(frozen=True)
@@ -279,9 +281,18 @@ def _split_restated(part: Part | Shots) -> list[Part | Shots]:
 RESTATED_TARGETS: list[Target] = [
     replace(t, relevant=[q for p in t.relevant for q in _split_restated(p)]) for t in TARGETS
 ]
+# The "worked" variant: LESS's own setting. The same targets, test sets and pool families, but every
+# few-shot item is a worked answer ("Let's think step by step ... So the answer is X.", written by
+# worked.py, as lm-eval's BBH shots are) while the relevant pool records still answer directly:
+# a selector that matches the targets' form rather than their skill picks the pool's worked
+# records (GSM8K solutions, the unrelated BBH shots) instead of the relevant ones.
+WORKED_TARGETS = [replace(t, fewshot=[replace(p, worked=True) if isinstance(p, Part) else p for p in t.fewshot])
+                  for t in TARGETS]
+
 VARIANTS: dict[str, tuple[list[Target], list[Family]]] = {
     "standard": (TARGETS, UNRELATED),
     "restated": (RESTATED_TARGETS, UNRELATED + LOOKALIKES),
+    "worked": (WORKED_TARGETS, UNRELATED),
 }
 
 
@@ -579,6 +590,14 @@ class Builder:
                 if record is None:
                     self.dropped[f"{slot.group}: prompt not in the form RESTATE expects"] += 1
                     continue
+            if part.worked:
+                try:
+                    answer = worked_answer(_part_name(part), record["messages"])
+                except Unworkable:
+                    self.dropped[f"{slot.group}: no worked answer for its form"] += 1
+                    continue
+                record = {**record, "messages": [*record["messages"][:-1], {"role": "assistant", "content": answer}],
+                          "worked": True}
             if part.choices is not None and record["messages"][-1]["content"] not in part.choices:
                 self.dropped[f"{slot.group}: answer not among the choices"] += 1
                 continue
@@ -619,7 +638,7 @@ class Builder:
 
 def _record_format(record: Record) -> str:
     """'cot' for a worked, step-by-step answer (GSM8K solutions, lm-eval CoT shots), else 'direct'."""
-    return "cot" if record["source"] in ("gsm8k", "bbh") else "direct"
+    return "cot" if record["source"] in ("gsm8k", "bbh") or record.get("worked") else "direct"
 
 
 def _package_versions() -> dict[str, str]:
@@ -726,7 +745,7 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
             "counts": {"fewshot": len(fewshot), "test": len(test), "relevant": len(relevant),
                        "relevant_fraction_of_pool": round(len(relevant) / pool_size, 4),
                        "test_with_choices": sum(1 for r in test if "choices" in r)},
-            "formats": {"fewshot": counts(fewshot, _record_format), "relevant": counts(relevant, _record_format),
+            "formats": {"fewshot": counts([r for _, r in mine["fewshot"]], _record_format), "relevant": counts(relevant, _record_format),
                         "test": counts(test, _record_format)},
             "source_families": {"fewshot": counts(fewshot, lambda r: r["source"]),
                                 "test": counts(test, lambda r: r["source"]),

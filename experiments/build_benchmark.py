@@ -2,7 +2,7 @@
 
     python experiments/build_benchmark.py [--output experiments/benchmark] [--seed 0]
                                           [--unrelated-per-family 30] [--relevant-scale 1]
-                                          [--variant standard|restated]
+                                          [--variant standard|restated|worked]
 
 The same arguments write the same bytes. What it writes and how: ``experiments/BENCHMARK.md``.
 """
@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relevant-scale", type=float, default=1.0,
                         help="scale of each target's relevant pool records (default: 1)")
     parser.add_argument("--variant", choices=list(VARIANTS), default="standard",
-                        help="standard, or restated: most relevant records in other words than the "
-                             "targets' and look-alike families in the pool (default: standard)")
+                        help="standard; restated: most relevant records in other words than the targets' and "
+                             "look-alike families in the pool; worked: every few-shot item a worked "
+                             "(chain-of-thought) answer, the relevant records direct (default: standard)")
     args = parser.parse_args(argv)
     summary = build_benchmark(args.output, args.seed, args.unrelated_per_family, args.relevant_scale,
                               args.variant)

@@ -368,3 +368,83 @@ def test_restated_variant_hides_most_relevant_records_and_adds_lookalikes(restat
     assert "--variant restated" in summary["command"]
     with pytest.raises(ValueError, match="unknown benchmark variant"):
         bb.build_benchmark(root / "x", variant="paraphrased")
+
+
+# -- the "worked" variant: LESS's setting, worked few-shot answers, direct relevant records ------------
+
+import worked  # noqa: E402
+
+# Each solver's family, and the items it is checked on: every record of the small families, the
+# first 300 of the large ones.
+SOLVED = {"formal_logic": bb.FORMAL_LOGIC, "which_is_heavier": bb.HEAVIER, "shape_in_shape": bb.SHAPE_IN_SHAPE,
+          "cricket_situations": bb.CRICKET, "european_date_format": bb.EUROPEAN_DATES,
+          "date_to_string": bb.DATE_TO_STRING, "nth_word": bb.LAST_WORD, "swap_words": bb.SWAP_WORDS,
+          "first_letters": bb.FIRST_LETTERS}
+
+
+def _family_chats(family, limit=300):
+    stream = bb.Stream(family, bb._family_files(family), bb._evals_chat, seed=0)
+    return [r["messages"] for _, r in zip(range(limit), stream, strict=False)]
+
+
+@pytest.mark.parametrize("subtask", sorted(SOLVED))
+def test_worked_answers_reach_the_recorded_answer(subtask):
+    """Every solver works nearly all of its family's items to the recorded answer (the dataset's own
+    label is the independent reference), and refuses an item whose recorded answer is wrong."""
+    chats = _family_chats(SOLVED[subtask])
+    worked_ok = 0
+    for messages in chats:
+        recorded = messages[-1]["content"]
+        try:
+            text = worked.worked_answer(subtask, messages)
+        except worked.Unworkable:
+            continue
+        worked_ok += 1
+        assert text.startswith("Let's think step by step. ")
+        assert text.endswith(f"So the answer is {recorded}" + ("" if recorded.endswith(".") else "."))
+        wrong = [*messages[:-1], {"role": "assistant", "content": recorded + "x"}]
+        with pytest.raises(worked.Unworkable, match="differs from the recorded"):
+            worked.worked_answer(subtask, wrong)
+    assert worked_ok >= 0.65 * len(chats) and worked_ok >= 10  # cricket: two of its five forms have no rule
+
+
+def test_boolean_steps_evaluate_like_python():
+    """The worked Boolean evaluation agrees with Python's own on random expressions."""
+    import random
+    rng = random.Random(0)
+
+    def expression(depth):
+        if depth == 0 or rng.random() < 0.3:
+            return rng.choice(["true", "false"])
+        if rng.random() < 0.3:
+            return f"not {expression(depth - 1)}"
+        return f"({expression(depth - 1)} {rng.choice(['and', 'or'])} {expression(depth - 1)})"
+
+    for _ in range(300):
+        text = expression(4)
+        _, value = worked._boolean_steps(text)
+        assert value == eval(text.replace("true", "True").replace("false", "False"))  # noqa: S307
+
+
+def test_worked_variant_changes_only_the_fewshot_answers(bench, tmp_path):
+    """Same pool, relevance and test sets as the standard build; every few-shot item is worked
+    (prompts unchanged where the standard build drew the same item), and the relevant records direct."""
+    summary = bb.build_benchmark(tmp_path, variant="worked")
+    root = bench["root"]
+    assert (tmp_path / "relevance.json").read_bytes() == (root / "relevance.json").read_bytes()
+    for path in sorted((root / "pool").glob("*.jsonl")):
+        assert (tmp_path / "pool" / path.name).read_bytes() == path.read_bytes()
+    for name, t in summary["targets"].items():
+        assert (tmp_path / "targets" / name / "test.jsonl").read_bytes() == \
+            (root / "targets" / name / "test.jsonl").read_bytes()
+        assert t["formats"]["fewshot"] == {"cot": t["counts"]["fewshot"]}
+        assert t["formats"]["relevant"].get("direct", 0) >= 0.9 * t["counts"]["relevant"]
+        standard = {r["id"]: r for r in bench["targets"][name]["fewshot"]}
+        for row in _read(tmp_path / "targets" / name / "fewshot.jsonl"):
+            answer = row["messages"][-1]["content"]
+            assert "So the answer is" in answer or "the answer is" in answer
+            if row["id"] in standard and row["source"] != "bbh":
+                assert row["messages"][:-1] == standard[row["id"]]["messages"][:-1]
+                assert answer.endswith(standard[row["id"]]["messages"][-1]["content"]) or \
+                    answer.endswith(standard[row["id"]]["messages"][-1]["content"] + ".")
+    assert summary["variant"] == "worked" and "--variant worked" in summary["command"]
