@@ -186,10 +186,10 @@ class SelectConfig(Checked):
                 "round-robin: each subtask's best rows in turn"})
     fuse: Fuse = field(default="median", metadata={
         "help": "fusion: median (a row needs most methods to rank it high), mean (Borda) or rrf (reciprocal rank)"})
-    target_part: Part = field(default="whole", metadata={
+    target_part: Part = field(default="prompt", metadata={
         "help": "bm25, rds (and fusion's bm25 and rds): which part of each target example they read: whole, prompt "
                 "(the turns before the reply: the task, not a worked answer's form) or answer (the replies)"})
-    pool_part: Part = field(default="whole", metadata={
+    pool_part: Part = field(default="prompt", metadata={
         "help": "bm25, rds (and fusion's bm25 and rds): which part of each pool record they read (as --target-part)"})
     seed: int = field(default=0, metadata={"help": "random: the seed of the draw"})
     max_length: int | None = field(default=None, metadata={"range": "positive", "unit": " of tokens",

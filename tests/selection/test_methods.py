@@ -118,11 +118,12 @@ def test_bm25_similarities_and_scores_equal_a_direct_okapi_computation(bm25_file
                               ["\n".join(contents(r)) for r in BM25_TARGET])
     assert (expected[:, 3] == 0).all() and (expected[:, :3] > 0).any(0).all()  # the data exercises both cases
 
-    ((start, (sim,)),) = list(Bm25().similarities(pool, [target]))
+    whole = Bm25(target_part="whole", pool_part="whole")
+    ((start, (sim,)),) = list(whole.similarities(pool, [target]))
     assert start == 0 and sim.shape == (6, 4)
     np.testing.assert_allclose(sim.double().numpy(), expected, rtol=1e-5, atol=1e-6)
 
-    (result,) = Bm25().score(pool, [target])
+    (result,) = whole.score(pool, [target])
     subtasks = ["math", "math", "french", "french"]
     np.testing.assert_allclose(result.scores, subtask_mean_max(expected, subtasks), rtol=1e-5, atol=1e-6)
     assert result.subtask == closest_subtask(expected, subtasks)
@@ -159,14 +160,16 @@ def test_targets_worked_step_by_step_find_direct_records_by_their_prompts(tmp_pa
     pool = write_jsonl(tmp_path / "pool.jsonl", worked_elsewhere[:3] + relevant + worked_elsewhere[3:])
     target = write_jsonl(tmp_path / "target.jsonl", targets)
     picked = {}
-    for part in ("whole", "prompt"):
-        out = tmp_path / part
-        select(SelectConfig(method="bm25", pool=[pool], target=[target], output=out, count=3, target_part=part))
-        picked[part] = {json.loads(line)["id"] for line in (out / "selected.jsonl").read_text().splitlines()}
+    for name, parts in (("whole", {"target_part": "whole", "pool_part": "whole"}),
+                        ("prompt-whole", {"target_part": "prompt", "pool_part": "whole"}), ("default", {})):
+        out = tmp_path / name
+        select(SelectConfig(method="bm25", pool=[pool], target=[target], output=out, count=3, **parts))
+        picked[name] = {json.loads(line)["id"] for line in (out / "selected.jsonl").read_text().splitlines()}
         settings = json.loads((out / "summary.json").read_text())["method_settings"]
-        assert settings["target_part"] == part and settings["pool_part"] == "whole"
-    assert picked["prompt"] == {"rel0", "rel1", "rel2"}
-    assert picked["whole"] != picked["prompt"]  # the worked form pulls unrelated worked records in
+        expected = parts or {"target_part": "prompt", "pool_part": "prompt"}  # the default reads the prompts
+        assert {k: settings[k] for k in expected} == expected
+    assert picked["prompt-whole"] == picked["default"] == {"rel0", "rel1", "rel2"}
+    assert picked["whole"] != picked["default"]  # the worked form pulls unrelated worked records in
 
 
 SKILL_WORDS = "premise conclusion valid invalid syllogism entails all some none every".split()
@@ -250,7 +253,9 @@ def rds_reference(tiny_model_dir, rds_data):
     target, _ = embed(rds_data["target_records"])
     prompts, _ = embed(rds_data["target_records"], lambda role: role == "user")
     answers, _ = embed(rds_data["pool_records"], lambda role: role == "assistant")
-    return {"sim": (pool @ target.T).numpy(), "lengths": lengths, "answers_to_prompts": (answers @ prompts.T).numpy()}
+    pool_prompts, _ = embed(rds_data["pool_records"], lambda role: role != "assistant")
+    return {"sim": (pool @ target.T).numpy(), "lengths": lengths, "answers_to_prompts": (answers @ prompts.T).numpy(),
+            "prompts_to_prompts": (pool_prompts @ prompts.T).numpy()}
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 16])
@@ -259,7 +264,8 @@ def test_rds_scores_equal_unbatched_reference(tiny_model_dir, rds_data, rds_refe
     assert len(set(lengths)) > 3 and max(lengths) == RDS_MAX_LENGTH  # padding in batches; truncation exercised
     pool = Pool.from_files(rds_data["pool"])
     target = Target.from_files("target", rds_data["target"])
-    method = Rds(model=str(tiny_model_dir), max_length=RDS_MAX_LENGTH, batch_size=batch_size, device="cpu")
+    method = Rds(model=str(tiny_model_dir), max_length=RDS_MAX_LENGTH, batch_size=batch_size, device="cpu",
+                 target_part="whole", pool_part="whole")
     (sim,) = [s for _, (s,) in method.similarities(pool, [target])]
     np.testing.assert_allclose(sim.numpy(), rds_reference["sim"], atol=1e-5)
     (result,) = method.score(pool, [target])
@@ -275,12 +281,17 @@ def test_rds_reads_the_part_of_an_example_it_is_told(tiny_model_dir, rds_data, r
     (sim,) = [s for _, (s,) in method.similarities(pool, [target])]
     np.testing.assert_allclose(sim.numpy(), rds_reference["answers_to_prompts"], atol=1e-5)
     assert not np.allclose(rds_reference["answers_to_prompts"], rds_reference["sim"], atol=1e-3)
+    default = Rds(model=str(tiny_model_dir), max_length=RDS_MAX_LENGTH, batch_size=4, device="cpu")  # reads prompts
+    (sim,) = [s for _, (s,) in default.similarities(pool, [target])]
+    np.testing.assert_allclose(sim.numpy(), rds_reference["prompts_to_prompts"], atol=1e-5)
+    assert not np.allclose(rds_reference["prompts_to_prompts"], rds_reference["sim"], atol=1e-3)
 
 
 def test_rds_through_select(tiny_model_dir, rds_data, rds_reference, tmp_path):
     out = tmp_path / "sel"
     select(SelectConfig(method="rds", model=str(tiny_model_dir), pool=rds_data["pool"], target=rds_data["target"],
-                        output=out, count=4, max_length=RDS_MAX_LENGTH, batch_size=4, device="cpu"))
+                        output=out, count=4, max_length=RDS_MAX_LENGTH, batch_size=4, device="cpu",
+                        target_part="whole", pool_part="whole"))
     expected = subtask_mean_max(rds_reference["sim"], rds_data["target_subtasks"])
     rows = read_scores(out)
     np.testing.assert_allclose([float(r["score"]) for r in rows], expected, atol=1e-5)

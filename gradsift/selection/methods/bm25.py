@@ -28,8 +28,8 @@ class Bm25(SimilarityMethod):
     name: ClassVar[str] = "bm25"
     k1: float = 1.5
     b: float = 0.75
-    target_part: Part = "whole"
-    pool_part: Part = "whole"
+    target_part: Part = "prompt"  # the task as asked, not a worked answer's form (docs/methods.md)
+    pool_part: Part = "prompt"
 
     def similarities(self, pool: Pool, targets: list[Target]) -> Iterator[tuple[int, list[torch.Tensor]]]:
         import bm25s

@@ -37,8 +37,8 @@ class Fusion(SelectionMethod):
     batch_size: int = 16
     device: str = "auto"
     chunk_rows: int = field(default=16384)
-    target_part: Part = "whole"  # what bm25 and rds read of the targets and of the pool
-    pool_part: Part = "whole"
+    target_part: Part = "prompt"  # the task as asked, not a worked answer's form (docs/methods.md)
+    pool_part: Part = "prompt"
 
     def members(self, pool: Pool) -> list[SelectionMethod]:
         similarity = {"aggregate": self.aggregate, "chunk_rows": self.chunk_rows}

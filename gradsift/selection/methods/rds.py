@@ -39,8 +39,8 @@ class Rds(SimilarityMethod):
     max_length: int = 1024
     batch_size: int = 16
     device: str = "auto"
-    target_part: Part = "whole"
-    pool_part: Part = "whole"
+    target_part: Part = "prompt"  # the task as asked, not a worked answer's form (docs/methods.md)
+    pool_part: Part = "prompt"
 
     def embed(self, refs, encoder: ChatEncoder, model, device, desc: str, part: Part = "whole") -> torch.Tensor:
         """Unit-norm pooled embeddings of examples (the turns of ``part``, rendered with the chat template),
