@@ -41,10 +41,10 @@ from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
 
 import yaml
+from worked import Unworkable, worked_answer
 
 from gradsift.utils.errors import GradsiftError
 from gradsift.utils.files import atomic_write_json, atomic_write_jsonl, file_sha256
-from worked import Unworkable, worked_answer
 
 FORMAT_VERSION = 1
 # Versions known to hold the files below; only used to say what to install.
@@ -745,7 +745,8 @@ def build_benchmark(output: Path, seed: int = 0, unrelated_per_family: int = UNR
             "counts": {"fewshot": len(fewshot), "test": len(test), "relevant": len(relevant),
                        "relevant_fraction_of_pool": round(len(relevant) / pool_size, 4),
                        "test_with_choices": sum(1 for r in test if "choices" in r)},
-            "formats": {"fewshot": counts([r for _, r in mine["fewshot"]], _record_format), "relevant": counts(relevant, _record_format),
+            "formats": {"fewshot": counts([r for _, r in mine["fewshot"]], _record_format),
+                        "relevant": counts(relevant, _record_format),
                         "test": counts(test, _record_format)},
             "source_families": {"fewshot": counts(fewshot, lambda r: r["source"]),
                                 "test": counts(test, lambda r: r["source"]),
