@@ -13,13 +13,8 @@ import numpy as np
 import torch
 
 from gradsift.config import Part, SelectConfig
-from gradsift.data.records import ExampleRef, example_part, read_messages
+from gradsift.data.records import record_text
 from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
-
-
-def record_text(ref: ExampleRef, part: Part = "whole") -> str:
-    """The content of the turns a lexical method reads: every turn's (``whole``), the prompt's or the answer's."""
-    return "\n".join(m["content"] for m in example_part(read_messages(ref), part))
 
 
 @register
