@@ -60,7 +60,7 @@ def build_index(texts: list[str], k1: float = K1, b: float = B) -> bm25s.BM25:
 
 def query_ids(index: bm25s.BM25, texts: list[str]) -> list[np.ndarray]:
     """Each query's token ids in INDEX's vocabulary, in order, repeats kept (a word the pool never has
-    matches nothing), as ``BM25.get_scores`` looks them up."""
+    matches nothing; a query left with no word scores 0 everywhere), as ``BM25.get_scores`` looks them up."""
     vocab = index.vocab_dict
     return [np.array([vocab[t] for t in words if t in vocab], np.int64) for words in tokenize(texts, ids=False)]
 
