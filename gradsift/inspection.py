@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradsift.utils.errors import ConfigError
+from gradsift.utils.errors import ConfigError, StoreMismatchError
 from gradsift.utils.files import file_sha256, read_json
 
 
@@ -109,6 +109,7 @@ def _size(path: Path) -> str:
 # -- one inspector per kind ------------------------------------------------------------------------
 def _store(found: Inspection, verify: bool) -> None:
     from gradsift.store.datastore import layout_problems
+    from gradsift.store.lexical import LEXICAL_DIR, check_rows, lexical_meta
 
     path = found.path
     manifest = read_json(path / "manifest.json")
@@ -134,12 +135,25 @@ def _store(found: Inspection, verify: bool) -> None:
     found.add("checkpoints", ", ".join(f"{c['name']} (weight {c['weight']:.3f})" for c in manifest["checkpoints"]))
     found.add("data files", _listing([f["path"] for f in manifest["files"]], [f["records"] for f in manifest["files"]]))
     found.problems += layout_problems(path, manifest)  # structure: every feature file there with its shape
+    lexical = lexical_meta(path)
+    if lexical is None:
+        found.add("lexical index", "none (a store built before stores held one: rerun its `gradsift build` to add it)"
+                  if manifest.get("status") == "complete" else "none yet (written once the store is complete)")
+    else:
+        found.add("lexical index", f"BM25 of {', '.join(lexical['parts'])}: {lexical['rows']} rows, k1 {lexical['k1']}, "
+                                   f"b {lexical['b']}, bm25s {lexical['bm25s']}, {_size(path / LEXICAL_DIR)}")
+        try:
+            check_rows(path, lexical, rows)
+        except StoreMismatchError as e:
+            found.problems.append(str(e))
     if verify:
         if "checksums" in manifest:
             _check_hashes(found, path, manifest["checksums"], "store")
         elif manifest.get("status") == "complete":
             _no_checksums(found)
         _check_hashes(found, path, {f["path"]: f["sha256"] for f in manifest["files"]}, "data")
+        if lexical is not None:
+            _check_hashes(found, path / LEXICAL_DIR, lexical["checksums"], "lexical index")
 
 
 def _run(found: Inspection, verify: bool) -> None:

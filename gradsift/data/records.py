@@ -330,6 +330,16 @@ def example_part(messages: list[dict[str, str]], part: Part) -> list[dict[str, s
     raise ValueError(f"unknown example part {part!r}; known: whole, prompt, answer")
 
 
+def part_text(messages: list[dict[str, str]], part: Part) -> str:
+    """The content of the turns a lexical signal reads (``example_part``), one turn a line."""
+    return "\n".join(m["content"] for m in example_part(messages, part))
+
+
+def record_text(ref: ExampleRef, part: Part = "whole") -> str:
+    """The content of the turns a lexical method reads: every turn's (``whole``), the prompt's or the answer's."""
+    return part_text(read_messages(ref), part)
+
+
 def print_skips(stage: str, bad: list, no_label_tokens: int, listed_in: str) -> None:
     """One line saying what a stage skipped, and where the skipped records are listed."""
     if bad or no_label_tokens:

@@ -3,7 +3,8 @@
 ``adam`` (for the pool) turns each gradient into the update Adam would make from the checkpoint's
 optimizer state; ``sgd`` (for targets) keeps the plain gradient. Features are projected in float32,
 L2-normalised and committed to the datastore chunk by chunk, so an interrupted build resumes where
-it stopped and memory does not grow with the pool.
+it stopped and memory does not grow with the pool. A complete store then gets the lexical index
+BM25 reads (``gradsift.store.lexical``): a selection for a new target scans stored data only.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _build_together(configs: list[BuildConfig], world: World) -> list[GradientSt
         stores = stores or open_stores()
         todo = [k for k, store in enumerate(stores) if not store.complete]
         if not todo:
-            return stores
+            return _index_texts(stores, world)  # a store built before stores held a lexical index gets one
         if world.main:
             _report_skips(manifests[0], Path(configs[0].output))
         first_row, end_row = shard_bounds(index.column("tokens"), config.chunk_size, world.size)[world.rank]
@@ -151,7 +152,16 @@ def _build_together(configs: list[BuildConfig], world: World) -> list[GradientSt
                 stores[k].merge_shards()
             stores[k].finish()
     world.barrier()
-    return [GradientStore.open(c.output) for c in configs] if not world.main else stores
+    return [GradientStore.open(c.output) for c in configs] if not world.main else _index_texts(stores, world)
+
+
+def _index_texts(stores: list[GradientStore], world: World) -> list[GradientStore]:
+    """The main process indexes each complete store's record texts for BM25 (``store.lexical``), once:
+    after the rows, which a selection cannot do without, and never again on a rerun."""
+    if world.main:
+        for store in stores:
+            store.write_lexical_index()
+    return stores
 
 
 def _open_or_create(path: Path, manifest: dict, index) -> GradientStore:

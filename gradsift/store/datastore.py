@@ -12,6 +12,8 @@ On disk (format version ``STORE_FORMAT``)::
                                or bit (rows, dim/8 packed signs)
       features/<checkpoint>.scale.npy  (rows,) float32, for int8 and bit rows
       progress.json            rows committed per checkpoint (rows are committed in order)
+      lexical/                 BM25 indexes of the rows' record texts (``gradsift.store.lexical``),
+                               written once the store is complete; absent in stores built before it
 
 Once complete, the manifest records the sha256 of the index and of every feature file (``checksums``).
 
@@ -23,15 +25,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gradsift.config import Part
 from gradsift.data.index import StoreIndex
 from gradsift.data.records import ExampleRef
 from gradsift.store.compact import decode_rows, encode_rows, has_scale, numpy_dtype, stored_shape
+from gradsift.store.lexical import K1, B, open_lexical_index, write_lexical_index
 from gradsift.utils.errors import ConfigError, StoreMismatchError
 from gradsift.utils.faults import stop_point
 from gradsift.utils.files import atomic_write_bytes, atomic_write_json, checksums, read_json
+
+if TYPE_CHECKING:
+    import bm25s
 
 STORE_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # 1: the index as JSON lines
@@ -310,6 +318,18 @@ class GradientStore:
         """The store's data files, relative to its folder: the index, the feature (and scale) files."""
         return [_index_name(self.manifest["format"])] + [str(f.relative_to(self.path))
                                                           for f, _, _ in store_layout(self.path, self.manifest)]
+
+    # -- the lexical index (``gradsift.store.lexical``) -------------------------------------------
+    def write_lexical_index(self) -> bool:
+        """Index each row's record text for BM25 once the rows are complete; False if it already was."""
+        if not self.complete:
+            raise RuntimeError(f"{self.path}: the lexical index is written once the store is complete")
+        return write_lexical_index(self.path, self.index)
+
+    def lexical_index(self, part: Part, k1: float = K1, b: float = B) -> bm25s.BM25 | None:
+        """The stored BM25 index of PART (a memory-mapped ``bm25s.BM25``), or None if the store has none
+        made with these k1 and b."""
+        return open_lexical_index(self.path, part, len(self.index), k1, b)
 
     # -- comparing -------------------------------------------------------------------------------
     def check_comparable(self, other: GradientStore) -> None:

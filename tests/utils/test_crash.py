@@ -42,6 +42,7 @@ def reference_store(setup):
     "replace:progress.json@4",   # while the progress file is replaced
     "replace:manifest.json@2",   # during the final manifest write (the first is the layout's)
     "replace:index.parquet@1",   # while laying out the store
+    "lexical:written@1",         # the complete store's lexical index written, not yet renamed into place
 ])
 def test_a_killed_build_resumes_to_the_same_store(setup, reference_store, point, tmp_path):
     out = tmp_path / "store"

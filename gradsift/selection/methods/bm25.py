@@ -1,7 +1,11 @@
 """BM25 (Okapi, via the ``bm25s`` library): each target example's text is a query against the pool's
 texts; a row's score is its query scores aggregated over the target's subtasks like any similarity.
 ``target_part`` and ``pool_part`` say which turns are read (``data.records.example_part``): a worked
-answer's words are noise to a lexical match when the pool's relevant records answer directly."""
+answer's words are noise to a lexical match when the pool's relevant records answer directly.
+
+A pool read from a gradient store is scored with the store's own index of its records
+(``gradsift.store.lexical``, written by ``gradsift build``); a pool of records files, or a store built
+before stores held one, is indexed in memory. Both give the same scores to the bit."""
 
 from __future__ import annotations
 
@@ -13,39 +17,34 @@ import numpy as np
 import torch
 
 from gradsift.config import Part, SelectConfig
-from gradsift.data.records import ExampleRef, example_part, read_messages
+from gradsift.data.records import record_text
 from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
-
-
-def record_text(ref: ExampleRef, part: Part = "whole") -> str:
-    """The content of the turns a lexical method reads: every turn's (``whole``), the prompt's or the answer's."""
-    return "\n".join(m["content"] for m in example_part(read_messages(ref), part))
+from gradsift.store import lexical
 
 
 @register
 @dataclass
 class Bm25(SimilarityMethod):
     name: ClassVar[str] = "bm25"
-    k1: float = 1.5
-    b: float = 0.75
+    k1: float = lexical.K1
+    b: float = lexical.B
     target_part: Part = "prompt"  # the task as asked, not a worked answer's form (docs/methods.md)
     pool_part: Part = "prompt"
 
     def similarities(self, pool: Pool, targets: list[Target]) -> Iterator[tuple[int, list[torch.Tensor]]]:
-        import bm25s
-
-        retriever = bm25s.BM25(k1=self.k1, b=self.b)
-        retriever.index(bm25s.tokenize([record_text(r, self.pool_part) for r in pool.refs], stopwords="en", show_progress=False),
-                        show_progress=False)
-        sims = []
-        for target in targets:
-            queries = bm25s.tokenize([record_text(r, self.target_part) for r in target.refs], stopwords="en", return_ids=False,
-                                     show_progress=False)
-            # a query with no token left (all stopwords or one-letter words) matches nothing; bm25s's
-            # get_scores cannot take an empty query
-            zeros = np.zeros(len(pool.refs), np.float32)
-            sims.append(torch.from_numpy(np.stack([retriever.get_scores(q) if q else zeros for q in queries], axis=1)))
-        yield 0, sims  # the index is in memory anyway: one chunk
+        # a store's index was built by `gradsift build` from the same texts: read, never rebuilt
+        index = pool.store.lexical_index(self.pool_part, self.k1, self.b) if pool.store is not None else None
+        if index is None:
+            index = lexical.build_index([record_text(r, self.pool_part) for r in pool.refs], self.k1, self.b)
+        queries = [lexical.query_ids(index, [record_text(r, self.target_part) for r in t.refs]) for t in targets]
+        rows = len(pool.refs)
+        for start in range(0, rows, self.chunk_rows):  # only a chunk of rows x target examples is ever held
+            stop = min(rows, start + self.chunk_rows)
+            chunk = [np.empty((stop - start, len(q)), np.float32) for q in queries]
+            for sims, target in zip(chunk, queries):
+                for j, tokens in enumerate(target):
+                    sims[:, j] = lexical.scores(index, tokens, start, stop)
+            yield start, [torch.from_numpy(sims) for sims in chunk]
 
     def settings(self) -> dict:
         return {**super().settings(), "k1": self.k1, "b": self.b, "target_part": self.target_part,

@@ -1,0 +1,143 @@
+"""The lexical index of a store: BM25 (``bm25s``) of each part of every row's record, built once.
+
+On disk, in the store's folder (written whole, by a rename, after the rows are complete)::
+
+    STORE/lexical/
+      lexical.json           what it holds: parts, k1, b, tokenizer settings, bm25s version, rows, and
+                             the sha256 of every file below
+      <part>/                one ``bm25s.BM25.save`` folder per part (whole, prompt, answer): the
+                             CSC arrays (memory-mapped when read), the vocabulary, the parameters
+
+Texts are ``record_text(ref, part)`` (``data.records``) and tokens come from ``tokenize``, the one
+tokenization of records and queries alike, so a stored index scores exactly as a fresh one.
+``scores`` gives a query's scores of a row range, in the order bm25s adds them: byte-identical to
+``bm25s.BM25.get_scores``. A store built before this module has no index; BM25 then indexes in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, get_args
+
+import numpy as np
+
+from gradsift.config import Part
+from gradsift.data.records import ExampleRef, part_text, read_messages
+from gradsift.utils.errors import StoreMismatchError
+from gradsift.utils.faults import stop_point
+from gradsift.utils.files import atomic_write_json, checksums, partial_name, read_json
+
+if TYPE_CHECKING:
+    import bm25s
+
+LEXICAL_DIR = "lexical"
+META = "lexical.json"
+LEXICAL_FORMAT = 1
+PARTS: tuple[Part, ...] = get_args(Part)
+K1, B = 1.5, 0.75  # bm25s's defaults, and Bm25's: an index with other values is not the one a selection reads
+TOKENIZER = {"lower": True, "stopwords": "en", "stemmer": None}  # bm25s.tokenize's arguments
+
+
+def tokenize(texts: list[str], ids: bool = True):
+    """bm25s tokens of TEXTS: a corpus to index (``ids``: bm25s's Tokenized), or queries (lists of words)."""
+    import bm25s
+
+    return bm25s.tokenize(texts, **TOKENIZER, return_ids=ids, show_progress=False)
+
+
+def build_index(texts: list[str], k1: float = K1, b: float = B) -> bm25s.BM25:
+    """A bm25s index of TEXTS (one document a row), in memory."""
+    import bm25s
+
+    index = bm25s.BM25(k1=k1, b=b)
+    index.index(tokenize(texts), show_progress=False)
+    return index
+
+
+def query_ids(index: bm25s.BM25, texts: list[str]) -> list[np.ndarray]:
+    """Each query's token ids in INDEX's vocabulary, in order, repeats kept (a word the pool never has
+    matches nothing; a query left with no word scores 0 everywhere), as ``BM25.get_scores`` looks them up."""
+    vocab = index.vocab_dict
+    return [np.array([vocab[t] for t in words if t in vocab], np.int64) for words in tokenize(texts, ids=False)]
+
+
+def scores(index: bm25s.BM25, tokens: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """(stop - start,) BM25 scores of rows [start, stop) for a query's token ids: each token's postings
+    (rows sorted within it) added in the query's order in the index's dtype, as bm25s does, so the scores
+    are its own to the bit; only the rows asked for are touched (a memory-mapped index stays on disk)."""
+    data, rows, pointers = index.scores["data"], index.scores["indices"], index.scores["indptr"]
+    out = np.zeros(stop - start, np.dtype(index.dtype))
+    for token in tokens:
+        first, last = int(pointers[token]), int(pointers[token + 1])
+        lo, hi = np.searchsorted(rows[first:last], [start, stop]) + first
+        np.add.at(out, rows[lo:hi] - start, data[lo:hi])
+    return out
+
+
+def lexical_texts(refs: Iterable[ExampleRef], parts: tuple[Part, ...] = PARTS) -> dict[Part, list[str]]:
+    """Each part's text of every row (each record read once)."""
+    texts: dict[Part, list[str]] = {p: [] for p in parts}
+    for ref in refs:
+        messages = read_messages(ref)
+        for part in parts:
+            texts[part].append(part_text(messages, part))
+    return texts
+
+
+def write_lexical_index(store: Path, refs: Sequence[ExampleRef], parts: tuple[Part, ...] = PARTS) -> bool:
+    """Index the parts of the rows' records into STORE/lexical unless it is there (returns whether it
+    wrote one). Written in a temporary folder renamed into place: the index is whole or absent."""
+    import bm25s
+
+    final = Path(store) / LEXICAL_DIR
+    if final.exists():
+        return False
+    texts = lexical_texts(refs, parts)
+    tmp = Path(tempfile.mkdtemp(dir=store, prefix=partial_name(LEXICAL_DIR)))
+    try:
+        for part in parts:
+            build_index(texts[part]).save(tmp / part, show_progress=False)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        for name in files:  # durable before the rename makes them the index
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        atomic_write_json(tmp / META, {"format": LEXICAL_FORMAT, "parts": list(parts), "k1": K1, "b": B,
+                                       "tokenizer": TOKENIZER, "bm25s": bm25s.__version__, "rows": len(refs),
+                                       "checksums": checksums(tmp, files)})
+        stop_point("lexical:written")
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
+def lexical_meta(store: Path) -> dict | None:
+    """What STORE's lexical index holds (``lexical.json``), or None for a store without one."""
+    file = Path(store) / LEXICAL_DIR / META
+    return read_json(file) if file.is_file() else None
+
+
+def check_rows(store: Path, meta: dict, rows: int) -> None:
+    if meta["rows"] != rows:
+        raise StoreMismatchError(f"{store}: its lexical index holds {meta['rows']} rows, the store {rows}; delete "
+                                 f"{Path(store) / LEXICAL_DIR} and rerun `gradsift build` to index it again")
+
+
+def open_lexical_index(store: Path, part: Part, rows: int, k1: float = K1, b: float = B) -> bm25s.BM25 | None:
+    """STORE's index of PART, memory-mapped, if it has one made with these k1 and b (else None: BM25
+    indexes in memory). One that does not hold the store's ROWS is a StoreMismatchError naming the store."""
+    import bm25s
+
+    meta = lexical_meta(store)
+    if meta is None or part not in meta["parts"] or (meta["k1"], meta["b"], meta["tokenizer"]) != (k1, b, TOKENIZER):
+        return None
+    check_rows(store, meta, rows)
+    index = bm25s.BM25.load(Path(store) / LEXICAL_DIR / part, mmap=True)
+    check_rows(store, {"rows": index.scores["num_docs"]}, rows)
+    return index
+
