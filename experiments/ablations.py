@@ -28,12 +28,23 @@ import torch
 from benchmark import RESTATED_SUFFIX
 
 from gradsift.selection.methods import Target
-from gradsift.selection.scoring import fuse_ranks, relevance_auc, subtask_mean_rows, top_k
+from gradsift.selection.scoring import agreeing, fuse_ranks, ranks_of, relevance_auc, subtask_mean_rows, top_k
 from gradsift.store.datastore import GradientStore
 from gradsift.utils.files import atomic_write_bytes
 
 MEMBERS = ("less", "bm25", "rds")
-RULES = ("median", "mean", "rrf")
+RULES = ("agreement", "median", "mean", "rrf")
+
+
+def agreement_weighted(scores: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
+    """A candidate rule not kept: each member's ranks weighted by its mean overlap with the others'
+    top 5% (``scoring.agreeing``), the weighted mean rank. Higher is better."""
+    ranks = np.stack([ranks_of(s, candidates) for s in scores]).astype(np.float64)[:, candidates]
+    _, overlap = agreeing(ranks)
+    weights = overlap.sum(1) / (len(scores) - 1)
+    out = np.zeros(len(candidates))
+    out[candidates] = -(weights[:, None] * ranks).sum(0) / max(weights.sum(), 1e-12)
+    return out
 
 
 def read_scores(selection: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -44,14 +55,16 @@ def read_scores(selection: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return [r["id"] for r in rows], np.array([float(r["score"] or 0) for r in rows]), scored
 
 
-def ablate(folder: Path, fraction: float = 0.05) -> str:
+def ablate(folder: Path, fraction: float = 0.05, labels: tuple[str, ...] = MEMBERS) -> str:
+    """Per target: each member alone, then every fusion rule over every set of two or three members
+    (``labels``: the selections of the less, bm25 and rds members, in that order)."""
     config = json.loads((folder / "experiment.json").read_text())
     relevance = {k: set(v) for k, v in json.loads(Path(config["relevance"]).read_text()).items()}
     targets = [t["name"] for t in config["targets"]]
     lines = ["| target | members | rule | precision | AUC |", "|---|---|---|---|---|"]
     for target in targets:
         scores, ids, scored = {}, None, None
-        for member in MEMBERS:
+        for member in labels:
             ids, scores[member], scored = read_scores(folder / "selections" / member / f"{fraction:g}" / target)
         relevant = np.array([i in relevance[target] for i in ids])
         k = round(fraction * len(ids))
@@ -62,12 +75,14 @@ def ablate(folder: Path, fraction: float = 0.05) -> str:
             return (f"| {target} | {members} | {rule} | {relevant[picked].mean():.2f} | "
                     f"{relevance_auc(s[rows], relevant[rows]):.3f} |")
 
-        lines += [row(m, "alone", scores[m]) for m in MEMBERS]
+        lines += [row(m, "alone", scores[m]) for m in labels]
         for size in (2, 3):
-            for members in itertools.combinations(MEMBERS, size):
+            for members in itertools.combinations(labels, size):
                 for rule in RULES if size == 3 else ("median", "rrf"):  # the median of two is their mean
                     lines.append(row(" + ".join(members), rule,
                                      fuse_ranks([scores[m] for m in members], scored, rule)))
+        lines.append(row(" + ".join(labels), "agreement-weighted mean (not kept)",
+                         agreement_weighted([scores[m] for m in labels], scored)))
     return "\n".join(lines) + "\n"
 
 
@@ -155,10 +170,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="an experiment folder with less, bm25 and rds selections")
     parser.add_argument("--fraction", type=float, default=0.05)
+    parser.add_argument("--members", default=",".join(MEMBERS),
+                        help="the labels of the less, bm25 and rds selections (default: less,bm25,rds)")
+    parser.add_argument("--rules-only", action="store_true", help="only the fusion rules' table")
     args = parser.parse_args()
-    tables = "\n".join([ablate(args.folder, args.fraction), feature_ablation(args.folder, args.fraction),
-                        overlap(args.folder, args.fraction)])
-    atomic_write_bytes(args.folder / "ablations.md", tables.encode())
+    rules = ablate(args.folder, args.fraction, tuple(args.members.split(",")))
+    tables = rules if args.rules_only else "\n".join(
+        [rules, feature_ablation(args.folder, args.fraction), overlap(args.folder, args.fraction)])
+    atomic_write_bytes(args.folder / ("fusion-rules.md" if args.rules_only else "ablations.md"), tables.encode())
     print(tables)
 
 

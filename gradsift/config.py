@@ -24,7 +24,7 @@ StoreDtype = Literal["float16", "int8", "bit"]  # gradsift.store.compact
 Response = Literal["full", "answer", "answer-only"]  # gradsift.data.chat.ChatEncoder
 Part = Literal["whole", "prompt", "answer"]  # gradsift.data.records.example_part
 ModelDtype = Literal["auto", "float32", "bfloat16"]  # gradsift.features.engine.features_dtype
-Fuse = Literal["median", "mean", "rrf"]  # gradsift.selection.scoring.fuse_ranks
+Fuse = Literal["median", "agreement", "mean", "rrf"]  # gradsift.selection.scoring.fuse_ranks
 
 
 RANGES = {  # a numeric setting's "range" metadata: the test its value must pass, and how to say it
@@ -184,8 +184,10 @@ class SelectConfig(Checked):
     aggregate: Aggregate = field(default="subtask-mean-max", metadata={
         "help": "subtask-mean-max (paper): mean per subtask, max over subtasks; mean, max (over target examples); "
                 "round-robin: each subtask's best rows in turn"})
-    fuse: Fuse = field(default="median", metadata={
-        "help": "fusion: median (a row needs most methods to rank it high), mean (Borda) or rrf (reciprocal rank)"})
+    fuse: Fuse = field(default="agreement", metadata={
+        "help": "fusion: agreement (the median rank over the members whose top rows another member shares; one "
+                "that agrees with none is left out and named), median (of all three), mean (Borda) or rrf "
+                "(reciprocal rank)"})
     target_part: Part = field(default="prompt", metadata={
         "help": "bm25, rds (and fusion's bm25 and rds): which part of each target example they read: whole, prompt "
                 "(the turns before the reply: the task, not a worked answer's form) or answer (the replies)"})

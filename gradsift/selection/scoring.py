@@ -82,21 +82,45 @@ def ranks_of(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return ranks
 
 
+AGREEMENT_SHARE = 0.05  # the top rows two members' agreement is measured on: the paper's fraction
+
+
+def agreeing(ranks: np.ndarray, share: float = AGREEMENT_SHARE) -> tuple[list[int], np.ndarray]:
+    """Which members (rows of ``ranks``, each a ranking of the same candidates, 0 = best) agree, and
+    every pair's overlap: the share of their top ``share`` rows two members have in common. Kept are
+    the pair that shares most and each other member that shares at least half as much with one of
+    them; a member that agrees with no other is left out. With no overlap at all, all are kept."""
+    m, n = ranks.shape
+    size = max(1, round(share * n))
+    top = ranks < size
+    overlap = (top[:, None, :] & top[None, :, :]).sum(-1) / size
+    np.fill_diagonal(overlap, 0.0)
+    if m < 3 or overlap.max() == 0:
+        return list(range(m)), overlap
+    a, b = np.unravel_index(overlap.argmax(), overlap.shape)
+    best = overlap[a, b]
+    return [i for i in range(m) if i in (a, b) or max(overlap[i, a], overlap[i, b]) >= best / 2], overlap
+
+
 def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
     """One score per row from several methods' scores, through each method's ranks r (0 = best).
 
     ``median``: the median rank, ties broken by the mean rank: a row needs most methods to rank it
-    high, so one method's outliers cannot place it. ``mean``: the mean rank (Borda). ``rrf``:
+    high, so one method's outliers cannot place it. ``agreement``: the median over the members that
+    agree (``agreeing``): a member whose top rows the others do not share is left out, so it cannot
+    lift its own picks past the others' middle ranks. ``mean``: the mean rank (Borda). ``rrf``:
     reciprocal rank fusion, sum 1 / (k + r + 1) (Cormack et al., 2009). The score is the number of
     candidates minus the row's fused rank (whole numbers, exact in float32 up to 16M rows): higher is
     better; rows outside ``candidates`` score 0."""
     ranks = np.stack([ranks_of(s, candidates) for s in scores]).astype(np.float64)[:, candidates]
     n = int(candidates.sum())
+    if how == "agreement":
+        ranks = ranks[agreeing(ranks)[0]]
     if how == "rrf":
         fused = (1.0 / (k + ranks + 1)).sum(0)
     elif how == "mean":
         fused = -ranks.mean(0)
-    elif how == "median":  # mean rank / n < 1: it orders rows with equal medians only
+    elif how in ("median", "agreement"):  # mean rank / n < 1: it orders rows with equal medians only
         fused = -(np.median(ranks, 0) + ranks.mean(0) / n)
     else:
         raise ValueError(f"unknown rank fusion {how!r}")

@@ -18,8 +18,10 @@ from gradsift.config import SelectConfig
 from gradsift.features.build import build, build_together
 from gradsift.selection.scoring import (
     aggregate,
+    agreeing,
     checkpoint_weights,
     fuse_ranks,
+    ranks_of,
     relevance_auc,
     round_robin,
     top_k,
@@ -361,7 +363,38 @@ def test_fuse_ranks_by_hand():
     assert top_k(fuse_ranks(one_loves_0, np.ones(4, bool)), 2).tolist() == [1, 2]
 
 
-def test_fusion_is_the_median_rank_of_less_bm25_and_rds(stores, tmp_path):
+def test_agreement_leaves_out_the_member_no_other_agrees_with():
+    """Two members share most of their top rows and a third shares one: the agreement rule keeps the two
+    (overlaps counted by hand) and fuses them as the median of two, their mean rank, so the third cannot
+    lift row 3 (top for it and for the first, last but one for the second) into the top as the median of
+    three does; a member sharing half as much as the pair stays, and with no overlap every member stays."""
+    n = 100  # top 5% = 5 rows
+
+    def scores(order):  # rows in ORDER first, then the rest in row order
+        rank = list(order) + [i for i in range(n) if i not in order]
+        out = np.zeros(n, np.float32)
+        out[rank] = np.arange(n, 0, -1)
+        return out
+
+    first = scores([0, 1, 2, 3, 4])
+    second = scores([0, 1, 2, 5, 6] + [i for i in range(7, n) if i not in (3, 4)] + [3, 4])
+    third = scores([3, 50, 51, 52, 53])
+    candidates = np.ones(n, bool)
+    ranks = np.stack([ranks_of(s, candidates) for s in (first, second, third)])
+    kept, overlap = agreeing(ranks)
+    assert kept == [0, 1]
+    assert overlap[0, 1] == pytest.approx(3 / 5) and overlap[0, 2] == pytest.approx(1 / 5) and overlap[1, 2] == 0
+    agreed = fuse_ranks([first, second, third], candidates, "agreement")
+    assert np.array_equal(agreed, fuse_ranks([first, second], candidates, "median"))
+    assert 3 in top_k(fuse_ranks([first, second, third], candidates, "median"), 5)
+    assert 3 not in top_k(agreed, 5)
+    shares_two = scores([3, 4, 50, 51, 52])  # 2 of 5 with the first: at least half the pair's 3
+    assert agreeing(np.stack([ranks_of(s, candidates) for s in (first, second, shares_two)]))[0] == [0, 1, 2]
+    apart = [scores(range(10 * k, 10 * k + 5)) for k in range(3)]  # no two share a top row
+    assert agreeing(np.stack([ranks_of(s, candidates) for s in apart]))[0] == [0, 1, 2]
+
+
+def test_fusion_is_the_agreeing_median_rank_of_less_bm25_and_rds(stores, tmp_path):
     pool, target = stores
     out = tmp_path / "fusion"
     (fused,) = select(SelectConfig(train_store=pool.path, target_store=[target.path], output=out, count=3,
@@ -374,10 +407,11 @@ def test_fusion_is_the_median_rank_of_less_bm25_and_rds(stores, tmp_path):
         (members[method],) = select(SelectConfig(method=method, output=tmp_path / method, count=3,
                                                  max_length=MAX_LENGTH, device="cpu", **files))
     ok = fused.scored
-    expected = fuse_ranks([np.where(ok, m.scores, 0) for m in members.values()], ok, "median")
+    expected = fuse_ranks([np.where(ok, m.scores, 0) for m in members.values()], ok, "agreement")
     assert np.array_equal(fused.scores[ok], expected[ok])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "fusion" and summary["method_settings"]["fuse"] == "median"
+    assert summary["method"] == "fusion" and summary["method_settings"]["fuse"] == "agreement"
+    assert summary["method_settings"]["target_part"] == summary["method_settings"]["pool_part"] == "prompt"
 
 
 def test_weighted_similarity_and_weights():

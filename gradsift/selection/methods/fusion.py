@@ -4,7 +4,10 @@ LESS (gradients), BM25 (words) and RDS (hidden states) fail in different places:
 follows the answer's form (a worked target draws worked or merely short answers of unrelated skills),
 words miss what is phrased differently, and hidden states blur near topics. Each pool row's fused
 score comes from its rank under each method (``scoring.fuse_ranks``), so a row one method alone puts
-first does not make the cut, and no method's score scale dominates another's.
+first does not make the cut, and no method's score scale dominates another's. By default the median
+is taken over the members that agree (``scoring.agreeing``): a member whose top rows no other member
+shares, such as LESS drawn to worked answers by worked targets, is left out for that target, and a
+line says so.
 
 Inputs are the gradient stores LESS reads: their rows point at the records the other two read, and
 RDS embeds them with the store's own model unless ``model`` names another.
@@ -15,12 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+
 from gradsift.config import Aggregate, Fuse, Part, SelectConfig
 from gradsift.selection.methods.base import Pool, SelectionMethod, SimilarityMethod, Target, TargetScores, register
 from gradsift.selection.methods.bm25 import Bm25
 from gradsift.selection.methods.less import Less
 from gradsift.selection.methods.rds import Rds
-from gradsift.selection.scoring import fuse_ranks
+from gradsift.selection.scoring import AGREEMENT_SHARE, agreeing, fuse_ranks, ranks_of
 
 
 @register
@@ -31,7 +36,7 @@ class Fusion(SelectionMethod):
     reads_run: ClassVar[bool] = True
     reads_model: ClassVar[bool] = True
     aggregate: Aggregate = "subtask-mean-max"
-    fuse: Fuse = "median"
+    fuse: Fuse = "agreement"  # a member no other agrees with cannot place rows (scoring.agreeing)
     model: str = ""  # rds's model; default: the pool store's
     max_length: int = 1024
     batch_size: int = 16
@@ -51,6 +56,9 @@ class Fusion(SelectionMethod):
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
         members = self.members(pool)
         results = [m.score(pool, targets) for m in members]
+        if self.fuse == "agreement":
+            for k, target in enumerate(targets):
+                print_agreement(target.name, [m.name for m in members], [r[k].scores for r in results], pool.scorable)
         return [TargetScores(fuse_ranks([r[k].scores for r in results], pool.scorable, self.fuse),
                              results[0][k].subtask)  # the subtask a row is closest to, by its gradient
                 for k in range(len(targets))]
@@ -65,3 +73,15 @@ class Fusion(SelectionMethod):
         return cls(**SimilarityMethod.similarity_settings(config), **SimilarityMethod.part_settings(config),
                    fuse=config.fuse, model=config.model or "",
                    max_length=cls.token_limit(config), batch_size=config.batch_size, device=config.device)
+
+
+def print_agreement(target: str, names: list[str], scores: list[np.ndarray], candidates: np.ndarray) -> None:
+    """One line per target naming a member the agreement rule leaves out, and why."""
+    ranks = np.stack([ranks_of(s, candidates) for s in scores])[:, candidates]
+    kept, overlap = agreeing(ranks)
+    out = [i for i in range(len(names)) if i not in kept]
+    if out:
+        shares = ", ".join(f"{names[i]} {overlap[i].max():.2f}" for i in out)
+        pair = overlap[np.ix_(kept, kept)].max()
+        print(f"fusion: {target}: left out {shares} (the most of its top {AGREEMENT_SHARE:.0%} another member shares; "
+              f"{' and '.join(names[i] for i in kept)} share {pair:.2f})")
