@@ -6,8 +6,10 @@ words miss what is phrased differently, and hidden states blur near topics. Each
 score comes from its rank under each method (``scoring.fuse_ranks``), so a row one method alone puts
 first does not make the cut, and no method's score scale dominates another's.
 
-Inputs are the gradient stores LESS reads: their rows point at the records the other two read, and
-RDS embeds them with the store's own model unless ``model`` names another.
+Inputs are the gradient stores LESS reads: their rows point at the records the other two read. BM25
+reads a store's lexical index and RDS its stored embeddings (of the store's own model unless ``model``
+names another) where the stores hold them, so that on stores built by this gradsift a selection runs no
+model at all.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from gradsift.config import Aggregate, Fuse, Part, SelectConfig
+from gradsift.config import TOKEN_LIMIT, Aggregate, Fuse, Part, SelectConfig
 from gradsift.selection.methods.base import Pool, SelectionMethod, SimilarityMethod, Target, TargetScores, register
 from gradsift.selection.methods.bm25 import Bm25
 from gradsift.selection.methods.less import Less
@@ -33,7 +35,7 @@ class Fusion(SelectionMethod):
     aggregate: Aggregate = "subtask-mean-max"
     fuse: Fuse = "median"
     model: str = ""  # rds's model; default: the pool store's
-    max_length: int = 1024
+    max_length: int = TOKEN_LIMIT
     batch_size: int = 16
     device: str = "auto"
     chunk_rows: int = field(default=16384)
