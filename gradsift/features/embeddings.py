@@ -49,8 +49,9 @@ def embed(refs: Sequence[ExampleRef], encoder: ChatEncoder, model, device, part:
             members = order[k: k + batch_size]
             batch = collate([encoded[i] for i in members], encoder.tokenizer.pad_token_id)
             mask = batch["attention_mask"].to(device)
-            hidden = model(input_ids=batch["input_ids"].to(device), attention_mask=mask,
-                           output_hidden_states=True).hidden_states[-1]
+            # logits at one position only: the LM head is a fifth of a small model, and no logit is read
+            hidden = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, output_hidden_states=True,
+                           logits_to_keep=1).hidden_states[-1]
             out[members] = weighted_mean_pool(hidden, mask).cpu()
     return normalize_rows(out)
 
