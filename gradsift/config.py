@@ -26,6 +26,8 @@ Part = Literal["whole", "prompt", "answer"]  # gradsift.data.records.example_par
 ModelDtype = Literal["auto", "float32", "bfloat16"]  # gradsift.features.engine.features_dtype
 Fuse = Literal["median", "agreement", "mean", "rrf"]  # gradsift.selection.scoring.fuse_ranks
 
+TOKEN_LIMIT = 1024  # rds's and fusion's tokens per example unless --max-length says otherwise, and the stored embeddings'
+
 
 RANGES = {  # a numeric setting's "range" metadata: the test its value must pass, and how to say it
     "positive": (lambda v: v > 0, "a positive number"),

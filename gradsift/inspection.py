@@ -109,6 +109,7 @@ def _size(path: Path) -> str:
 # -- one inspector per kind ------------------------------------------------------------------------
 def _store(found: Inspection, verify: bool) -> None:
     from gradsift.store.datastore import layout_problems
+    from gradsift.store.embeddings import EMBEDDINGS_DIR, check_layout, embeddings_meta
     from gradsift.store.lexical import LEXICAL_DIR, check_rows, lexical_meta
 
     path = found.path
@@ -146,6 +147,19 @@ def _store(found: Inspection, verify: bool) -> None:
             check_rows(path, lexical, rows)
         except StoreMismatchError as e:
             found.problems.append(str(e))
+    embedded = embeddings_meta(path)
+    if embedded is None:
+        found.add("embeddings", "none (a store built before stores held them: rerun its `gradsift build` to add them)"
+                  if manifest.get("status") == "complete" else "none yet (written once the store is complete)")
+    else:
+        state = "" if embedded["status"] == "complete" else " (partial: rerun the same `gradsift build` to finish)"
+        found.add("embeddings", f"RDS+ of the {embedded['part']} by {embedded['model']['name']}: {embedded['rows']} x "
+                                f"{embedded['dim']} {embedded['dtype']}, max_length {embedded['max_length']}, "
+                                f"{_size(path / EMBEDDINGS_DIR)}{state}")
+        found.problems += check_layout(path, embedded)
+        if embedded["rows"] != rows:
+            found.problems.append(f"{path / EMBEDDINGS_DIR}: {embedded['rows']} embeddings, the store has {rows} rows; "
+                                  "delete that folder and rerun `gradsift build` to embed the rows again")
     if verify:
         if "checksums" in manifest:
             _check_hashes(found, path, manifest["checksums"], "store")
@@ -154,6 +168,8 @@ def _store(found: Inspection, verify: bool) -> None:
         _check_hashes(found, path, {f["path"]: f["sha256"] for f in manifest["files"]}, "data")
         if lexical is not None:
             _check_hashes(found, path / LEXICAL_DIR, lexical["checksums"], "lexical index")
+        if embedded is not None and "checksums" in embedded:
+            _check_hashes(found, path / EMBEDDINGS_DIR, embedded["checksums"], "embeddings")
 
 
 def _run(found: Inspection, verify: bool) -> None:

@@ -4,12 +4,15 @@
 optimizer state; ``sgd`` (for targets) keeps the plain gradient. Features are projected in float32,
 L2-normalised and committed to the datastore chunk by chunk, so an interrupted build resumes where
 it stopped and memory does not grow with the pool. A complete store then gets the lexical index
-BM25 reads (``gradsift.store.lexical``): a selection for a new target scans stored data only.
+BM25 reads (``gradsift.store.lexical``) and the embeddings rds reads (``features.embeddings``, committed
+chunk by chunk as the rows are): a selection for a new target scans stored data only.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,10 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gradsift.config import BuildConfig
+from gradsift.config import BuildConfig, ModelDtype
 from gradsift.data.chat import ChatEncoder
 from gradsift.data.index import index_examples
 from gradsift.data.records import STATUSES, print_skips
+from gradsift.features.embeddings import begin_stored, embed_stores
 from gradsift.features.engine import (
     chunk_features,
     features_dtype,
@@ -34,7 +38,7 @@ from gradsift.store.datastore import GradientStore
 from gradsift.training.run import Run
 from gradsift.utils.distributed import World, shard_bounds, world_locks
 from gradsift.utils.errors import ConfigError, StoreMismatchError
-from gradsift.utils.models import pick_device
+from gradsift.utils.models import load_model, pick_device
 
 
 def _manifest(config: BuildConfig, run: Run, grads: PerExampleGradients, projection: dict, max_length: int,
@@ -114,54 +118,74 @@ def _build_together(configs: list[BuildConfig], world: World) -> list[GradientSt
         world.barrier()  # the main process lays the stores out; the others open them
         stores = stores or open_stores()
         todo = [k for k, store in enumerate(stores) if not store.complete]
-        if not todo:
-            return _index_texts(stores, world)  # a store built before stores held a lexical index gets one
+        if todo:
+            if world.main:
+                _report_skips(manifests[0], Path(configs[0].output))
+            first_row, end_row = shard_bounds(index.column("tokens"), config.chunk_size, world.size)[world.rank]
+            for k in todo:
+                if world.size == 1 and stores[k].shard_files():
+                    raise ConfigError(f"{stores[k].path} was being built by several processes "
+                                      f"({stores[k].shard_files()[0].name}); relaunch it with torchrun")
+            progress = {k: "progress.json" if world.size == 1 else
+                        stores[k].begin_shard(world.rank, world.size, first_row, end_row) for k in todo}
+            done = {k: stores[k].committed(progress[k]) for k in todo}
+            names = " + ".join(stores[k].name for k in todo)
+            bar = tqdm(total=(end_row - first_row) * len(run.checkpoints),
+                       initial=sum(min(done[k][c.path.name] for k in todo) - first_row for c in run.checkpoints),
+                       unit="ex", desc=f"build {names} ({config.gradient})", smoothing=0.1, disable=not world.main)
+            for checkpoint in run.checkpoints:
+                name = checkpoint.path.name
+                first = min(done[k][name] for k in todo)
+                if first == end_row:
+                    continue
+                adam = use_checkpoint(model, checkpoint, grads, device, adam=config.gradient == "adam")
+                for start in range(first, end_row, config.chunk_size):
+                    refs = index[start: min(start + config.chunk_size, end_row)]
+                    needing = [k for k in todo if done[k][name] <= start]  # rows are committed in order
+                    features = chunk_features(refs, encoder, grads, [projectors[k] for k in needing], adam,
+                                              config.adam_form, batch_size=config.batch_size, device=device)
+                    for k, rows in zip(needing, features):
+                        stores[k].write_rows(name, start, rows, progress[k])
+                    bar.update(len(refs))
+            bar.close()
+    if todo:
+        world.barrier()  # every shard written
         if world.main:
-            _report_skips(manifests[0], Path(configs[0].output))
-        first_row, end_row = shard_bounds(index.column("tokens"), config.chunk_size, world.size)[world.rank]
-        for k in todo:
-            if world.size == 1 and stores[k].shard_files():
-                raise ConfigError(f"{stores[k].path} was being built by several processes "
-                                  f"({stores[k].shard_files()[0].name}); relaunch it with torchrun")
-        progress = {k: "progress.json" if world.size == 1 else
-                    stores[k].begin_shard(world.rank, world.size, first_row, end_row) for k in todo}
-        done = {k: stores[k].committed(progress[k]) for k in todo}
-        names = " + ".join(stores[k].name for k in todo)
-        bar = tqdm(total=(end_row - first_row) * len(run.checkpoints),
-                   initial=sum(min(done[k][c.path.name] for k in todo) - first_row for c in run.checkpoints),
-                   unit="ex", desc=f"build {names} ({config.gradient})", smoothing=0.1, disable=not world.main)
-        for checkpoint in run.checkpoints:
-            name = checkpoint.path.name
-            first = min(done[k][name] for k in todo)
-            if first == end_row:
-                continue
-            adam = use_checkpoint(model, checkpoint, grads, device, adam=config.gradient == "adam")
-            for start in range(first, end_row, config.chunk_size):
-                refs = index[start: min(start + config.chunk_size, end_row)]
-                needing = [k for k in todo if done[k][name] <= start]  # rows are committed in order
-                features = chunk_features(refs, encoder, grads, [projectors[k] for k in needing], adam,
-                                          config.adam_form, batch_size=config.batch_size, device=device)
-                for k, rows in zip(needing, features):
-                    stores[k].write_rows(name, start, rows, progress[k])
-                bar.update(len(refs))
-        bar.close()
-    world.barrier()  # every shard written
-    if world.main:
-        for k in todo:
-            if world.size > 1:
-                stores[k].merge_shards()
-            stores[k].finish()
-    world.barrier()
-    return [GradientStore.open(c.output) for c in configs] if not world.main else _index_texts(stores, world)
+            for k in todo:
+                if world.size > 1:
+                    stores[k].merge_shards()
+                stores[k].finish()
+        world.barrier()
+        stores = [GradientStore.open(c.output) for c in configs]
+    # Signals other methods read, added once the rows are complete, and to a store built before it held them.
+    _index_texts(stores, world)
+    todo = begin_stored(stores, run.model, model.config.hidden_size, world)
+    if todo:
+        with _rds_model(model, run, device, config.model_dtype) as base:
+            embed_stores(stores, todo, base, tokenizer, device, world, chunk_size=config.chunk_size,
+                         batch_size=config.batch_size)
+    return stores
 
 
-def _index_texts(stores: list[GradientStore], world: World) -> list[GradientStore]:
+@contextmanager
+def _rds_model(model, run: Run, device: torch.device, model_dtype: ModelDtype) -> Iterator:
+    """The run's base model as rds loads it (float32, no adapter), for the stored embeddings: the features
+    model with its LoRA disabled where it is float32 (a CPU build), else the base model loaded in float32."""
+    if features_dtype(device, model_dtype) == torch.float32:
+        with model.disable_adapter():
+            yield model
+    else:
+        base, _, _ = load_model(run.model.name, device)
+        yield base
+        del base
+
+
+def _index_texts(stores: list[GradientStore], world: World) -> None:
     """The main process indexes each complete store's record texts for BM25 (``store.lexical``), once:
     after the rows, which a selection cannot do without, and never again on a rerun."""
     if world.main:
         for store in stores:
             store.write_lexical_index()
-    return stores
 
 
 def _open_or_create(path: Path, manifest: dict, index) -> GradientStore:

@@ -14,6 +14,8 @@ On disk (format version ``STORE_FORMAT``)::
       progress.json            rows committed per checkpoint (rows are committed in order)
       lexical/                 BM25 indexes of the rows' record texts (``gradsift.store.lexical``),
                                written once the store is complete; absent in stores built before it
+      embeddings/              each row's RDS+ embedding (``gradsift.store.embeddings``), written once
+                               the store is complete; absent in stores built before it
 
 Once complete, the manifest records the sha256 of the index and of every feature file (``checksums``).
 
@@ -32,6 +34,7 @@ import numpy as np
 from gradsift.config import Part
 from gradsift.data.index import StoreIndex
 from gradsift.data.records import ExampleRef
+from gradsift.store import embeddings
 from gradsift.store.compact import decode_rows, encode_rows, has_scale, numpy_dtype, stored_shape
 from gradsift.store.lexical import K1, B, open_lexical_index, write_lexical_index
 from gradsift.utils.errors import ConfigError, StoreMismatchError
@@ -330,6 +333,42 @@ class GradientStore:
         """The stored BM25 index of PART (a memory-mapped ``bm25s.BM25``), or None if the store has none
         made with these k1 and b."""
         return open_lexical_index(self.path, part, len(self.index), k1, b)
+
+    # -- the RDS+ embeddings (``gradsift.store.embeddings``), written by build's embedding pass ---------
+    def embeddings_meta(self) -> dict | None:
+        return embeddings.embeddings_meta(self.path)
+
+    def has_embeddings(self, model: str, part: Part, max_length: int) -> bool:
+        """Whether the store holds complete embeddings of PART by MODEL at MAX_LENGTH tokens."""
+        return embeddings.matches(self.embeddings_meta(), model, part, max_length, len(self.index))
+
+    def embedding_rows(self, which=slice(None)) -> np.ndarray:
+        """Stored vectors ``which`` (a slice, read from the file as ``stored_rows`` does, or an index array)
+        as float32."""
+        file = embeddings.vectors_file(self.path, self.embeddings_meta())
+        if isinstance(which, slice) and which.step in (None, 1):
+            rows = read_npy_rows(file, which.start or 0, which.stop)
+        else:
+            rows = np.load(file, mmap_mode="r")[which]
+        return rows.astype(np.float32)
+
+    def begin_embeddings(self, settings: dict) -> bool:
+        """Lay out embeddings of SETTINGS unless there (one process); False if they are complete."""
+        if not self.complete:
+            raise RuntimeError(f"{self.path}: embeddings are written once the store is complete")
+        return embeddings.begin(self.path, settings)
+
+    def begin_embedding_shard(self, rank: int, size: int, start: int, end: int) -> str:
+        return embeddings.begin_shard(self.path, rank, size, start, end)
+
+    def committed_embeddings(self, progress_file: str) -> int:
+        return embeddings.committed(self.path, progress_file)
+
+    def write_embeddings(self, start: int, rows: np.ndarray, progress_file: str) -> None:
+        embeddings.write_rows(self.path, start, rows, progress_file)
+
+    def finish_embeddings(self) -> None:
+        embeddings.finish(self.path)
 
     # -- comparing -------------------------------------------------------------------------------
     def check_comparable(self, other: GradientStore) -> None:

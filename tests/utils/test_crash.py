@@ -43,6 +43,9 @@ def reference_store(setup):
     "replace:manifest.json@2",   # during the final manifest write (the first is the layout's)
     "replace:index.parquet@1",   # while laying out the store
     "lexical:written@1",         # the complete store's lexical index written, not yet renamed into place
+    "embeddings:rows-written@2", # embeddings of a chunk on disk, not committed
+    "embeddings:rows-committed@3",  # between chunks of embeddings
+    "replace:embeddings.json@2", # while the embeddings are marked complete (the first is their layout's)
 ])
 def test_a_killed_build_resumes_to_the_same_store(setup, reference_store, point, tmp_path):
     out = tmp_path / "store"

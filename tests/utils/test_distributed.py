@@ -1,5 +1,6 @@
 """torchrun: a build sharded over 2 CPU processes (gloo) writes the same store as one process, byte for
-byte, and a relaunch after one rank was killed finishes it; the shard plan itself."""
+byte (its gradient rows and its embeddings), and a relaunch after one rank was killed finishes it; the
+shard plan itself."""
 
 from __future__ import annotations
 
@@ -57,13 +58,15 @@ def test_a_two_process_build_equals_the_single_process_one(setup, tmp_path):
     assert contents(tmp_path / "store") == single
 
 
-def test_a_killed_rank_resumes_on_relaunch(setup, tmp_path):
+@pytest.mark.parametrize("point,folder", [("store:rows-committed@2", "."),  # in the gradient rows
+                                          ("embeddings:rows-committed@1", "embeddings")])  # in the embeddings
+def test_a_killed_rank_resumes_on_relaunch(setup, tmp_path, point, folder):
     argv, single = setup
     out = tmp_path / "store"
-    killed = torchrun(argv(out), **{STOP_ENV: "store:rows-committed@2", "GRADSIFT_STOP_RANK": "1"})
+    killed = torchrun(argv(out), **{STOP_ENV: point, "GRADSIFT_STOP_RANK": "1"})
     assert killed.returncode != 0 and f"exitcode: -{int(signal.SIGKILL)}" in killed.stderr
-    assert sorted(p.name for p in out.glob("progress.shard-*")) == ["progress.shard-0-of-2.json",
-                                                                    "progress.shard-1-of-2.json"]
+    assert sorted(p.name for p in (out / folder).glob("progress.shard-*")) == ["progress.shard-0-of-2.json",
+                                                                               "progress.shard-1-of-2.json"]
     assert main(argv(out)) == 2  # one process cannot finish a two-process build: it says so
     done = torchrun(argv(out))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -20,7 +20,7 @@ from typing import ClassVar, Literal, TypeVar
 import numpy as np
 import torch
 
-from gradsift.config import SelectConfig
+from gradsift.config import TOKEN_LIMIT, SelectConfig
 from gradsift.data.chat import ChatEncoder
 from gradsift.data.index import StoreIndex, index_examples
 from gradsift.data.records import ExampleRef
@@ -75,6 +75,7 @@ class Target:
     skipped: int = 0  # usable records without label tokens (less)
     bad_records: list[dict] = field(default_factory=list)  # skipped malformed records: file, line, problem
     store: GradientStore | None = None  # less: the target's gradient store (refs are its "ok" rows)
+    rows: np.ndarray | None = None  # with a store: the store rows of ``refs``
 
     @property
     def subtasks(self) -> list[str]:
@@ -97,8 +98,9 @@ class Target:
         ok = store.ok_mask()
         if not ok.any():
             raise ConfigError(f"target store {store.path} has no usable example (all without label tokens)")
-        return cls(store.name, store.index.take(np.flatnonzero(ok)), _store_files(store), int((~ok).sum()),
-                   store.manifest["bad_records"], store)
+        rows = np.flatnonzero(ok)
+        return cls(store.name, store.index.take(rows), _store_files(store), int((~ok).sum()),
+                   store.manifest["bad_records"], store, rows)
 
     @property
     def files(self) -> list[str]:
@@ -128,8 +130,8 @@ class SelectionMethod(ABC):
 
     @classmethod
     def token_limit(cls, config: SelectConfig) -> int:
-        """Tokens an example is truncated to: --max-length (checked positive by the config), else 1024."""
-        return 1024 if config.max_length is None else config.max_length
+        """Tokens an example is truncated to: --max-length (checked positive by the config), else TOKEN_LIMIT."""
+        return TOKEN_LIMIT if config.max_length is None else config.max_length
 
     @classmethod
     def encoder(cls, config: SelectConfig) -> ChatEncoder | None:

@@ -9,8 +9,10 @@ is taken over the members that agree (``scoring.agreeing``): a member whose top 
 shares, such as LESS drawn to worked answers by worked targets, is left out for that target, and a
 line says so.
 
-Inputs are the gradient stores LESS reads: their rows point at the records the other two read, and
-RDS embeds them with the store's own model unless ``model`` names another.
+Inputs are the gradient stores LESS reads: their rows point at the records the other two read. BM25
+reads a store's lexical index and RDS its stored embeddings (of the store's own model unless ``model``
+names another) where the stores hold them, so that on stores built by this gradsift a selection runs no
+model at all.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from gradsift.config import Aggregate, Fuse, Part, SelectConfig
+from gradsift.config import TOKEN_LIMIT, Aggregate, Fuse, Part, SelectConfig
 from gradsift.selection.methods.base import Pool, SelectionMethod, SimilarityMethod, Target, TargetScores, register
 from gradsift.selection.methods.bm25 import Bm25
 from gradsift.selection.methods.less import Less
@@ -38,7 +40,7 @@ class Fusion(SelectionMethod):
     aggregate: Aggregate = "subtask-mean-max"
     fuse: Fuse = "agreement"  # a member no other agrees with cannot place rows (scoring.agreeing)
     model: str = ""  # rds's model; default: the pool store's
-    max_length: int = 1024
+    max_length: int = TOKEN_LIMIT
     batch_size: int = 16
     device: str = "auto"
     chunk_rows: int = field(default=16384)

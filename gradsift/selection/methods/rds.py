@@ -1,8 +1,10 @@
 """RDS+ (Ivison et al., 2025): cosine of position-weighted mean-pooled final hidden states of the
-selector model, pool rows against target examples, aggregated over the target's subtasks.
+selector model (``features.embeddings``), pool rows against target examples, aggregated over the
+target's subtasks.
 
-Later positions get linearly more weight (position t of T has weight t / sum(1..T)): in a causal model
-only the last tokens have seen the whole example."""
+Given gradient stores (fusion's inputs), it reads each store's stored embeddings where they are the ones
+it would compute (the same model, part and token limit: ``GradientStore.has_embeddings``) and runs the
+model only over the rest: with every store embedded, no model is loaded."""
 
 from __future__ import annotations
 
@@ -11,23 +13,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from tqdm.auto import tqdm
 
-from gradsift.config import Part, SelectConfig
-from gradsift.data.chat import ChatEncoder, collate
-from gradsift.data.records import example_part, read_messages
-from gradsift.features.adam import normalize_rows
+from gradsift.config import TOKEN_LIMIT, Part, SelectConfig
+from gradsift.data.chat import ChatEncoder
+from gradsift.features.embeddings import embed
 from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
+from gradsift.store.datastore import GradientStore
 from gradsift.utils.errors import ConfigError
 from gradsift.utils.models import load_model, pick_device
-
-
-def weighted_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(batch, tokens, hidden) -> (batch, hidden): mean over real tokens with weights growing with position.
-    Right padding: a row's real tokens come first."""
-    weights = attention_mask.float() * torch.arange(1, hidden.shape[1] + 1, device=hidden.device)
-    weights = weights / weights.sum(1, keepdim=True)
-    return torch.einsum("bt,bth->bh", weights, hidden.float())
 
 
 @register
@@ -36,40 +29,52 @@ class Rds(SimilarityMethod):
     name: ClassVar[str] = "rds"
     reads_model: ClassVar[bool] = True
     model: str = ""
-    max_length: int = 1024
+    max_length: int = TOKEN_LIMIT
     batch_size: int = 16
     device: str = "auto"
     target_part: Part = "prompt"  # the task as asked, not a worked answer's form (docs/methods.md)
     pool_part: Part = "prompt"
 
-    def embed(self, refs, encoder: ChatEncoder, model, device, desc: str, part: Part = "whole") -> torch.Tensor:
-        """Unit-norm pooled embeddings of examples (the turns of ``part``, rendered with the chat template),
-        length-sorted in batches."""
-        encoded = [encoder.encode(example_part(read_messages(r), part)) for r in refs]
-        order = sorted(range(len(refs)), key=lambda i: len(encoded[i][0]))
-        out = torch.zeros(len(refs), model.config.hidden_size)
-        with torch.inference_mode():
-            for k in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch",
-                          disable=len(order) <= self.batch_size):
-                members = order[k: k + self.batch_size]
-                batch = collate([encoded[i] for i in members], encoder.tokenizer.pad_token_id)
-                mask = batch["attention_mask"].to(device)
-                hidden = model(input_ids=batch["input_ids"].to(device), attention_mask=mask,
-                               output_hidden_states=True).hidden_states[-1]
-                out[members] = weighted_mean_pool(hidden, mask).cpu()
-        return normalize_rows(out)
+    def stored(self, store: GradientStore | None, part: Part) -> bool:
+        """Whether STORE holds the embeddings of PART this method would compute."""
+        return store is not None and store.has_embeddings(self.model, part, self.max_length)
 
     def similarities(self, pool: Pool, targets: list[Target]) -> Iterator[tuple[int, list[torch.Tensor]]]:
         if not self.model:
             raise ValueError("rds needs the selector model (--model)")
-        device = pick_device(self.device)
-        model, tokenizer, _ = load_model(self.model, device)
-        encoder = ChatEncoder(tokenizer, self.max_length)
-        goals = [self.embed(t.refs, encoder, model, device, f"rds {t.name}", self.target_part) for t in targets]
-        pool_emb = self.embed(pool.refs, encoder, model, device, "rds pool", self.pool_part)
+        inputs = [(pool.store, self.pool_part, pool.refs, "rds pool")]
+        inputs += [(t.store, self.target_part, t.refs, f"rds {t.name}") for t in targets]
+        stored = [self.stored(store, part) for store, part, *_ in inputs]
+        self._say_why_not_stored([(store, part) for (store, part, *_), s in zip(inputs, stored) if store and not s])
+        embedded = iter([])
+        if not all(stored):  # the model, for what no store holds
+            device = pick_device(self.device)
+            model, tokenizer, _ = load_model(self.model, device)
+            encoder = ChatEncoder(tokenizer, self.max_length)
+            embedded = iter([embed(refs, encoder, model, device, part, batch_size=self.batch_size, desc=desc)
+                             for (_, part, refs, desc), s in zip(inputs, stored) if not s])
+        pool_emb = None if stored[0] else next(embedded)
+        goals = [torch.from_numpy(t.store.embedding_rows(t.rows)) if s else next(embedded)
+                 for t, s in zip(targets, stored[1:])]
         for start in range(0, len(pool.refs), self.chunk_rows):
-            chunk = pool_emb[start: start + self.chunk_rows]
+            which = slice(start, start + self.chunk_rows)
+            chunk = torch.from_numpy(pool.store.embedding_rows(which)) if pool_emb is None else pool_emb[which]
             yield start, [chunk @ g.T for g in goals]
+
+    def _say_why_not_stored(self, missing: list[tuple[GradientStore, Part]]) -> None:
+        """One line: which stores' embeddings rds computes in memory, and how to store them."""
+        if not missing:
+            return
+        reasons = []
+        for store, part in missing:
+            meta = store.embeddings_meta()
+            if meta is None or meta["status"] != "complete":
+                reasons.append(f"{store.path} has none (rerun its `gradsift build` with the same arguments to add "
+                               "them; no gradient is recomputed)")
+            else:
+                reasons.append(f"{store.path} holds {meta['part']} embeddings by {meta['model']['name']} at "
+                               f"{meta['max_length']} tokens, not {part} by {self.model} at {self.max_length}")
+        print(f"rds: embedding in memory, as no stored embeddings fit: {'; '.join(reasons)}")
 
     def settings(self) -> dict:
         return {**super().settings(), "model": self.model, "max_length": self.max_length,
