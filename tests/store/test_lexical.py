@@ -88,7 +88,7 @@ def test_a_store_without_an_index_selects_the_same(stores, tmp_path):
 
 def test_an_index_of_other_rows_is_a_one_line_error_naming_the_store(stores, tmp_path):
     pool, target = stores
-    for k, (file, key) in enumerate((("lexical.json", "rows"), ("whole/params.index.json", "num_docs"))):
+    for k, (file, key) in enumerate((("lexical.json", "rows"), ("prompt/params.index.json", "num_docs"))):
         copy = tmp_path / f"tampered-{k}"
         shutil.copytree(pool.path, copy)
         path = copy / "lexical" / file
