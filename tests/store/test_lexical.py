@@ -73,12 +73,16 @@ def test_the_stored_index_scores_as_a_fresh_one_to_the_bit(stores, data, part, m
         assert stored[:, j].numpy().tobytes() == index.get_scores(words).tobytes()
 
 
-def test_a_store_without_an_index_selects_the_same(stores, tmp_path):
+def test_a_store_without_an_index_selects_the_same(stores, tmp_path, capsys):
     pool, target = stores
     old = without_index(pool, tmp_path / "old-pool")
     assert old.lexical_index("whole") is None
     (new_scores,) = Bm25().score(Pool.from_store(pool), [Target.from_store(target)])
+    assert "bm25: indexing" not in capsys.readouterr().out
     (old_scores,) = Bm25().score(Pool.from_store(old), [Target.from_store(target)])
+    said = capsys.readouterr().out.strip()
+    assert said.startswith(f"bm25: indexing {old.path} in memory") and "rerun its `gradsift build`" in said
+    assert "\n" not in said
     assert old_scores.scores.tobytes() == new_scores.scores.tobytes() and old_scores.subtask == new_scores.subtask
     for store, out in ((pool, tmp_path / "new"), (old, tmp_path / "old")):  # fusion: the one method bm25 reads stores in
         select(SelectConfig(train_store=store.path, target_store=[target.path], output=out, count=5, max_length=64,

@@ -35,6 +35,10 @@ class Bm25(SimilarityMethod):
         # a store's index was built by `gradsift build` from the same texts: read, never rebuilt
         index = pool.store.lexical_index(self.pool_part, self.k1, self.b) if pool.store is not None else None
         if index is None:
+            if pool.store is not None:
+                print(f"bm25: indexing {pool.store.path} in memory, as it holds no {self.pool_part} index with k1 "
+                      f"{self.k1:g}, b {self.b:g} (rerun its `gradsift build` with the same arguments to add one; no "
+                      "gradient is recomputed)")
             index = lexical.build_index([record_text(r, self.pool_part) for r in pool.refs], self.k1, self.b)
         queries = [lexical.query_ids(index, [record_text(r, self.target_part) for r in t.refs]) for t in targets]
         rows = len(pool.refs)
