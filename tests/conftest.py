@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import save_tiny_tokenizer, select_data, warmup_config
+from helpers import pool_config, save_tiny_tokenizer, select_data, target_config, warmup_config
 
+from gradsift.features.build import build
 from gradsift.training.warmup import warmup
 
 # The test models are tiny: one thread is much faster than several contending for a few cores.
@@ -47,3 +48,10 @@ def run(tiny_model_dir, data):
     return warmup(warmup_config(tiny_model_dir, data, data["root"] / "run"))
 
 
+
+
+@pytest.fixture(scope="module")
+def small_stores(run, data):
+    """A pool store and a target store of ``data`` at 64 dims, with everything a build stores beside the rows."""
+    return (build(pool_config(run, data, data["root"] / "small-pool", dim=64)),
+            build(target_config(run, data, data["root"] / "small-target", dim=64)))

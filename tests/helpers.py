@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -219,3 +220,13 @@ def crash_on_second_save(monkeypatch):
 
     monkeypatch.setattr(loop, "_save_checkpoint", crashing)
     return real_save
+
+
+def store_without(store, folder: Path, part: str):
+    """A copy of STORE without its folder PART (its lexical index or its embeddings): a store as gradsift
+    wrote it before stores held that."""
+    from gradsift.store.datastore import GradientStore
+
+    shutil.copytree(store.path, folder)
+    shutil.rmtree(Path(folder) / part)
+    return GradientStore.open(folder)

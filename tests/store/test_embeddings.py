@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import contents, pool_config, target_config
+from helpers import contents, pool_config, store_without
 
 import gradsift.features.build as build_module
 from gradsift.config import TOKEN_LIMIT, SelectConfig
@@ -28,19 +28,6 @@ FLOAT32_ROUNDING = 1e-6  # the same numbers, batched otherwise
 FLOAT16_ROUNDING = 1e-3  # a unit vector's entries are below 1: float16 keeps them to 2^-11 (~5e-4)
 
 
-@pytest.fixture(scope="module")
-def stores(run, data):
-    return (build(pool_config(run, data, data["root"] / "embedded-pool", dim=64)),
-            build(target_config(run, data, data["root"] / "embedded-target", dim=64)))
-
-
-def without_embeddings(store: GradientStore, folder) -> GradientStore:
-    """A copy of STORE as gradsift wrote it before stores held embeddings."""
-    shutil.copytree(store.path, folder)
-    shutil.rmtree(folder / embeddings.EMBEDDINGS_DIR)
-    return GradientStore.open(folder)
-
-
 def in_memory(store: GradientStore, part: str = "prompt") -> np.ndarray:
     """Every row's embedding as rds computes it with its defaults, from the store's model."""
     model, tokenizer, _ = load_model(store.manifest["model"]["name"], "cpu")
@@ -55,8 +42,8 @@ def no_model(monkeypatch) -> None:
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refused)
 
 
-def test_build_stores_what_rds_computes(stores):
-    for store in stores:
+def test_build_stores_what_rds_computes(small_stores):
+    for store in small_stores:
         meta = store.embeddings_meta()
         assert meta["status"] == "complete" and meta["model"] == store.manifest["model"]
         assert (meta["part"], meta["max_length"], meta["dim"], meta["dtype"], meta["rows"]) == \
@@ -71,10 +58,11 @@ def test_build_stores_what_rds_computes(stores):
         assert not (store.path / "embeddings" / "progress.json").read_text().count("shard")
 
 
-def test_rds_from_stores_loads_no_model_and_scores_as_in_memory(stores, tmp_path, monkeypatch, capsys):
-    pool, target = stores
+def test_rds_from_stores_loads_no_model_and_scores_as_in_memory(small_stores, tmp_path, monkeypatch, capsys):
+    pool, target = small_stores
     method = Rds(model=pool.manifest["model"]["name"], device="cpu", chunk_rows=7)  # chunks split the pool unevenly
-    old_pool, old_target = without_embeddings(pool, tmp_path / "p"), without_embeddings(target, tmp_path / "t")
+    old_pool, old_target = (store_without(pool, tmp_path / "p", embeddings.EMBEDDINGS_DIR),
+                            store_without(target, tmp_path / "t", embeddings.EMBEDDINGS_DIR))
     (fresh,) = method.score(Pool.from_store(old_pool), [Target.from_store(old_target)])
     said = capsys.readouterr().out
     assert said.count("\n") == 1 and str(old_pool.path) in said and "gradsift build" in said
@@ -91,9 +79,10 @@ def test_rds_from_stores_loads_no_model_and_scores_as_in_memory(stores, tmp_path
     assert "at 1024 tokens, not prompt by" in capsys.readouterr().out
 
 
-def test_fusion_from_embedded_stores_runs_no_model_and_selects_as_without(stores, tmp_path, monkeypatch):
-    pool, target = stores
-    old_pool, old_target = without_embeddings(pool, tmp_path / "p"), without_embeddings(target, tmp_path / "t")
+def test_fusion_from_embedded_stores_runs_no_model_and_selects_as_without(small_stores, tmp_path, monkeypatch):
+    pool, target = small_stores
+    old_pool, old_target = (store_without(pool, tmp_path / "p", embeddings.EMBEDDINGS_DIR),
+                            store_without(target, tmp_path / "t", embeddings.EMBEDDINGS_DIR))
     config = dict(count=8, device="cpu")
     select(SelectConfig(train_store=old_pool.path, target_store=[old_target.path], output=tmp_path / "old", **config))
     no_model(monkeypatch)
@@ -101,10 +90,10 @@ def test_fusion_from_embedded_stores_runs_no_model_and_selects_as_without(stores
     assert (tmp_path / "new" / "selected.jsonl").read_bytes() == (tmp_path / "old" / "selected.jsonl").read_bytes()
 
 
-def test_a_rerun_adds_embeddings_to_an_old_store_without_recomputing_gradients(stores, run, data, tmp_path,
+def test_a_rerun_adds_embeddings_to_an_old_store_without_recomputing_gradients(small_stores, run, data, tmp_path,
                                                                                monkeypatch):
-    pool, _ = stores
-    old = without_embeddings(pool, tmp_path / "old")
+    pool, _ = small_stores
+    old = store_without(pool, tmp_path / "old", embeddings.EMBEDDINGS_DIR)
     features = {p.name: p.stat().st_mtime_ns for p in (old.path / "features").iterdir()}
 
     def no_gradients(*args, **kwargs):
@@ -119,8 +108,8 @@ def test_a_rerun_adds_embeddings_to_an_old_store_without_recomputing_gradients(s
     assert (old.path / "embeddings" / "embeddings.json").stat().st_mtime_ns == mtime
 
 
-def test_embeddings_of_other_settings_are_refused_naming_the_folder(stores, run, data, tmp_path):
-    pool, _ = stores
+def test_embeddings_of_other_settings_are_refused_naming_the_folder(small_stores, run, data, tmp_path):
+    pool, _ = small_stores
     copy = tmp_path / "copy"
     shutil.copytree(pool.path, copy)
     meta = copy / "embeddings" / "embeddings.json"
@@ -130,17 +119,17 @@ def test_embeddings_of_other_settings_are_refused_naming_the_folder(stores, run,
     assert str(copy / "embeddings") in str(e.value)
 
 
-def test_a_bfloat16_build_of_compact_rows_stores_rds_embeddings_in_float16(stores, run, data, tmp_path):
+def test_a_bfloat16_build_of_compact_rows_stores_rds_embeddings_in_float16(small_stores, run, data, tmp_path):
     """A GPU build runs the gradients in bfloat16: the embeddings are still rds's (a float32 model); beside
     int8 rows they are kept as float16."""
-    pool, _ = stores
+    pool, _ = small_stores
     half = build(pool_config(run, data, tmp_path / "bf16", dim=64, model_dtype="bfloat16", dtype="int8"))
     assert half.embeddings_meta()["dtype"] == "float16"
     np.testing.assert_allclose(half.embedding_rows(), pool.embedding_rows(), rtol=0, atol=FLOAT16_ROUNDING)
 
 
-def test_inspect_shows_and_verifies_the_embeddings(stores, tmp_path):
-    pool, _ = stores
+def test_inspect_shows_and_verifies_the_embeddings(small_stores, tmp_path):
+    pool, _ = small_stores
     (found,) = inspect(pool.path, verify=True)
     assert found.problems == []
     shown = dict(found.facts)["embeddings"]
@@ -153,7 +142,7 @@ def test_inspect_shows_and_verifies_the_embeddings(stores, tmp_path):
     vectors.write_bytes(bytes(raw))
     (found,) = inspect(copy, verify=True)
     assert [p for p in found.problems if str(vectors) in p and "changed" in p]
-    (found,) = inspect(without_embeddings(pool, tmp_path / "old").path)
+    (found,) = inspect(store_without(pool, tmp_path / "old", embeddings.EMBEDDINGS_DIR).path)
     assert dict(found.facts)["embeddings"].startswith("none")
 
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import contents, pool_config, target_config
+from helpers import contents, pool_config, store_without
 
 from gradsift.config import SelectConfig
 from gradsift.data.records import record_text
@@ -22,25 +22,12 @@ from gradsift.store.datastore import GradientStore
 from gradsift.utils.errors import StoreMismatchError
 
 
-@pytest.fixture(scope="module")
-def stores(run, data):
-    return (build(pool_config(run, data, data["root"] / "lexical-pool", dim=64)),
-            build(target_config(run, data, data["root"] / "lexical-target", dim=64)))
-
-
-def without_index(store: GradientStore, folder) -> GradientStore:
-    """A copy of STORE as gradsift wrote it before stores held a lexical index."""
-    shutil.copytree(store.path, folder)
-    shutil.rmtree(folder / lexical.LEXICAL_DIR)
-    return GradientStore.open(folder)
-
-
 def similarities(method: Bm25, pool: Pool, target: Target) -> torch.Tensor:
     return torch.cat([sims for _, (sims,) in method.similarities(pool, [target])])
 
 
-def test_build_indexes_every_part_of_every_row(stores):
-    pool, _ = stores
+def test_build_indexes_every_part_of_every_row(small_stores):
+    pool, _ = small_stores
     meta = lexical.lexical_meta(pool.path)
     assert meta["parts"] == ["whole", "prompt", "answer"] and meta["rows"] == len(pool.index) == 52
     assert (meta["k1"], meta["b"], meta["tokenizer"]) == (1.5, 0.75, lexical.TOKENIZER)
@@ -53,8 +40,8 @@ def test_build_indexes_every_part_of_every_row(stores):
 
 
 @pytest.mark.parametrize("part", ["whole", "prompt"])
-def test_the_stored_index_scores_as_a_fresh_one_to_the_bit(stores, data, part, monkeypatch):
-    pool, target = stores
+def test_the_stored_index_scores_as_a_fresh_one_to_the_bit(small_stores, data, part, monkeypatch):
+    pool, target = small_stores
     targets = Target.from_store(target)
     method = Bm25(pool_part=part, target_part=part, chunk_rows=7)  # chunks that split the pool unevenly
     fresh = similarities(method, Pool.from_files(data["pool"]), targets)
@@ -73,9 +60,9 @@ def test_the_stored_index_scores_as_a_fresh_one_to_the_bit(stores, data, part, m
         assert stored[:, j].numpy().tobytes() == index.get_scores(words).tobytes()
 
 
-def test_a_store_without_an_index_selects_the_same(stores, tmp_path, capsys):
-    pool, target = stores
-    old = without_index(pool, tmp_path / "old-pool")
+def test_a_store_without_an_index_selects_the_same(small_stores, tmp_path, capsys):
+    pool, target = small_stores
+    old = store_without(pool, tmp_path / "old-pool", lexical.LEXICAL_DIR)
     assert old.lexical_index("whole") is None
     (new_scores,) = Bm25().score(Pool.from_store(pool), [Target.from_store(target)])
     assert "bm25: indexing" not in capsys.readouterr().out
@@ -90,8 +77,8 @@ def test_a_store_without_an_index_selects_the_same(stores, tmp_path, capsys):
     assert (tmp_path / "new" / "selected.jsonl").read_bytes() == (tmp_path / "old" / "selected.jsonl").read_bytes()
 
 
-def test_an_index_of_other_rows_is_a_one_line_error_naming_the_store(stores, tmp_path):
-    pool, target = stores
+def test_an_index_of_other_rows_is_a_one_line_error_naming_the_store(small_stores, tmp_path):
+    pool, target = small_stores
     for k, (file, key) in enumerate((("lexical.json", "rows"), ("prompt/params.index.json", "num_docs"))):
         copy = tmp_path / f"tampered-{k}"
         shutil.copytree(pool.path, copy)
@@ -104,22 +91,22 @@ def test_an_index_of_other_rows_is_a_one_line_error_naming_the_store(stores, tmp
     assert any("51 rows" in p for p in found.problems)
 
 
-def test_rerunning_a_finished_build_leaves_the_index_untouched(stores, run, data, tmp_path):
-    pool, _ = stores
+def test_rerunning_a_finished_build_leaves_the_index_untouched(small_stores, run, data, tmp_path):
+    pool, _ = small_stores
     before = contents(pool.path / "lexical")
     mtime = (pool.path / "lexical" / "lexical.json").stat().st_mtime_ns
     build(pool_config(run, data, pool.path, dim=64))
     assert contents(pool.path / "lexical") == before
     assert (pool.path / "lexical" / "lexical.json").stat().st_mtime_ns == mtime
     # a store from before lexical indexes gets one from a rerun of its build: the same bytes
-    old = without_index(pool, tmp_path / "old-pool")
+    old = store_without(pool, tmp_path / "old-pool", lexical.LEXICAL_DIR)
     build(pool_config(run, data, old.path, dim=64))
     assert contents(old.path / "lexical") == before
 
 
-def test_a_failed_index_write_leaves_no_index(stores, tmp_path, monkeypatch):
-    pool, _ = stores
-    old = without_index(pool, tmp_path / "old-pool")
+def test_a_failed_index_write_leaves_no_index(small_stores, tmp_path, monkeypatch):
+    pool, _ = small_stores
+    old = store_without(pool, tmp_path / "old-pool", lexical.LEXICAL_DIR)
 
     def killed(*args):
         raise KeyboardInterrupt("killed")
@@ -130,8 +117,8 @@ def test_a_failed_index_write_leaves_no_index(stores, tmp_path, monkeypatch):
     assert sorted(p.name for p in old.path.iterdir()) == sorted(p.name for p in pool.path.iterdir() if p.name != "lexical")
 
 
-def test_inspect_shows_the_index_and_verifies_it(stores, tmp_path):
-    pool, _ = stores
+def test_inspect_shows_the_index_and_verifies_it(small_stores, tmp_path):
+    pool, _ = small_stores
     (found,) = inspect(pool.path, verify=True)
     assert found.problems == []
     shown = dict(found.facts)["lexical index"]
@@ -142,5 +129,5 @@ def test_inspect_shows_the_index_and_verifies_it(stores, tmp_path):
     data.write_bytes(data.read_bytes()[:-1] + bytes([data.read_bytes()[-1] ^ 1]))
     (found,) = inspect(copy, verify=True)
     assert [p for p in found.problems if str(data) in p and "changed" in p]
-    (found,) = inspect(without_index(pool, tmp_path / "old").path)
+    (found,) = inspect(store_without(pool, tmp_path / "old", lexical.LEXICAL_DIR).path)
     assert dict(found.facts)["lexical index"].startswith("none")
