@@ -150,3 +150,21 @@ def test_pooling_weighs_later_tokens_more_and_padding_not_at_all():
     hidden = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])
     mask = torch.tensor([[1, 1, 0]])
     assert weighted_mean_pool(hidden, mask).tolist() == [pytest.approx([1 / 3, 2 / 3])]  # weights 1/3, 2/3, 0
+
+
+def test_the_default_selects_the_same_with_the_model_folder_moved_away(tiny_model_dir, data, tmp_path):
+    """warmup, build of pool and target, then the default select; with the model's folder moved away,
+    select still runs (it reads the stores only) and selects the same records."""
+    from helpers import target_config, warmup_config
+
+    from gradsift.training.warmup import warmup
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    run = warmup(warmup_config(model, data, tmp_path / "run", epochs=1))
+    pool = build(pool_config(run, data, tmp_path / "pool", dim=64))
+    target = build(target_config(run, data, tmp_path / "target", dim=64))
+    config = {"train_store": pool.path, "target_store": [target.path], "count": 5, "device": "cpu"}
+    select(SelectConfig(output=tmp_path / "with-model", **config))
+    model.rename(tmp_path / "moved-away")
+    select(SelectConfig(output=tmp_path / "without", **config))
+    assert (tmp_path / "without" / "selected.jsonl").read_bytes() == (tmp_path / "with-model" / "selected.jsonl").read_bytes()
