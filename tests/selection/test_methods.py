@@ -445,3 +445,22 @@ def test_cli_select_with_bm25(copies_data, tmp_path, capsys):
     assert main(["select", "--method", "rds", "--pool", str(a), "--target", str(copies_data["target"]),
                  "--output", str(tmp_path / "x"), "--count", "3"]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_text_methods_on_a_large_records_pool_say_a_store_would_be_faster(bm25_files, tiny_model_dir, monkeypatch,
+                                                                           capsys):
+    """From records files, bm25 and rds redo their index or embeddings at every selection: from
+    STORE_HINT_ROWS records on, each says in one line that a pool store keeps them; below it, nothing."""
+    from gradsift.selection.methods import base
+
+    pool_a, pool_b, target_path = bm25_files
+    pool, target = Pool.from_files([pool_a, pool_b]), Target.from_files("target", [target_path])
+    rds = Rds(model=str(tiny_model_dir), max_length=32, device="cpu")
+    for method, said in ((Bm25(), "bm25: indexing 6 records in memory"), (rds, "rds: embedding 6 records in memory")):
+        monkeypatch.setattr(base, "STORE_HINT_ROWS", 100)
+        method.score(pool, [target])
+        assert "in memory" not in capsys.readouterr().out
+        monkeypatch.setattr(base, "STORE_HINT_ROWS", 6)
+        method.score(pool, [target])
+        out = [line for line in capsys.readouterr().out.splitlines() if "in memory" in line]
+        assert len(out) == 1 and out[0].startswith(said) and "gradsift build" in out[0]

@@ -38,6 +38,9 @@ def _store_files(store: GradientStore) -> dict[str, str]:
     return {f["path"]: f["sha256"] for f in store.manifest["files"]}
 
 
+STORE_HINT_ROWS = 10_000  # from here on, a pool's in-memory index or embeddings cost minutes a selection
+
+
 @dataclass
 class Pool:
     refs: StoreIndex  # one per row, made on demand (a pool may have millions)
@@ -65,6 +68,13 @@ class Pool:
     @property
     def files(self) -> list[str]:
         return list(self.file_sha256)
+
+    def say_a_store_would_be_faster(self, method: str, work: str) -> None:
+        """One line, for a pool of records files large enough that redoing ``work`` at every selection
+        costs: a pool store keeps it (``gradsift build`` stores embeddings and a BM25 index)."""
+        if self.store is None and len(self.refs) >= STORE_HINT_ROWS:
+            print(f"{method}: {work} {len(self.refs):,} records in memory, as at every selection from records files; "
+                  f"a pool store keeps this (`gradsift build`, then `select --train-store`) for every later target")
 
 
 @dataclass

@@ -39,6 +39,7 @@ class Bm25(SimilarityMethod):
                 print(f"bm25: indexing {pool.store.path} in memory, as it holds no {self.pool_part} index with k1 "
                       f"{self.k1:g}, b {self.b:g} (rerun its `gradsift build` with the same arguments to add one; no "
                       "gradient is recomputed)")
+            pool.say_a_store_would_be_faster("bm25", "indexing")
             index = lexical.build_index([record_text(r, self.pool_part) for r in pool.refs], self.k1, self.b)
         queries = [lexical.query_ids(index, [record_text(r, self.target_part) for r in t.refs]) for t in targets]
         rows = len(pool.refs)

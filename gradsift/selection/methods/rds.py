@@ -47,6 +47,8 @@ class Rds(SimilarityMethod):
         stored = [self.stored(store, part) for store, part, *_ in inputs]
         self._say_why_not_stored([(store, part) for (store, part, *_), s in zip(inputs, stored) if store and not s])
         embedded = iter([])
+        if not stored[0]:
+            pool.say_a_store_would_be_faster("rds", "embedding")
         if not all(stored):  # the model, for what no store holds
             device = pick_device(self.device)
             model, tokenizer, _ = load_model(self.model, device)
