@@ -28,7 +28,7 @@ import torch
 from benchmark import RESTATED_SUFFIX
 
 from gradsift.selection.methods import Target
-from gradsift.selection.scoring import agreeing, fuse_ranks, ranks_of, relevance_auc, subtask_mean_rows, top_k
+from gradsift.selection.scoring import agreeing, fuse_ranks, member_ranks, relevance_auc, subtask_mean_rows, top_k
 from gradsift.store.datastore import GradientStore
 from gradsift.utils.files import atomic_write_bytes
 
@@ -39,7 +39,7 @@ RULES = ("agreement", "median", "mean", "rrf")
 def agreement_weighted(scores: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
     """A candidate rule not kept: each member's ranks weighted by its mean overlap with the others'
     top 5% (``scoring.agreeing``), the weighted mean rank. Higher is better."""
-    ranks = np.stack([ranks_of(s, candidates) for s in scores]).astype(np.float64)[:, candidates]
+    ranks = member_ranks(scores, candidates)
     _, overlap = agreeing(ranks)
     weights = overlap.sum(1) / (len(scores) - 1)
     out = np.zeros(len(candidates))

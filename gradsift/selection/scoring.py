@@ -102,8 +102,18 @@ def agreeing(ranks: np.ndarray, share: float = AGREEMENT_SHARE) -> tuple[list[in
     return [i for i in range(m) if i in (a, b) or max(overlap[i, a], overlap[i, b]) >= best / 2], overlap
 
 
+def member_ranks(scores: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
+    """(methods, candidates) float64: each method's rank (0 = best) of each candidate row, in row order."""
+    return np.stack([ranks_of(s, candidates) for s in scores]).astype(np.float64)[:, candidates]
+
+
 def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
-    """One score per row from several methods' scores, through each method's ranks r (0 = best).
+    """One score per row from several methods' scores, through each method's ranks (``fuse_member_ranks``)."""
+    return fuse_member_ranks(member_ranks(scores, candidates), candidates, how, k)
+
+
+def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
+    """One score per row from several methods' ranks r (``member_ranks``: 0 = best, one column per candidate).
 
     ``median``: the median rank, ties broken by the mean rank: a row needs most methods to rank it
     high, so one method's outliers cannot place it. ``agreement``: the median over the members that
@@ -112,7 +122,6 @@ def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "me
     reciprocal rank fusion, sum 1 / (k + r + 1) (Cormack et al., 2009). The score is the number of
     candidates minus the row's fused rank (whole numbers, exact in float32 up to 16M rows): higher is
     better; rows outside ``candidates`` score 0."""
-    ranks = np.stack([ranks_of(s, candidates) for s in scores]).astype(np.float64)[:, candidates]
     n = int(candidates.sum())
     if how == "agreement":
         ranks = ranks[agreeing(ranks)[0]]

@@ -21,7 +21,7 @@ from gradsift.selection.scoring import (
     agreeing,
     checkpoint_weights,
     fuse_ranks,
-    ranks_of,
+    member_ranks,
     relevance_auc,
     round_robin,
     top_k,
@@ -380,7 +380,7 @@ def test_agreement_leaves_out_the_member_no_other_agrees_with():
     second = scores([0, 1, 2, 5, 6] + [i for i in range(7, n) if i not in (3, 4)] + [3, 4])
     third = scores([3, 50, 51, 52, 53])
     candidates = np.ones(n, bool)
-    ranks = np.stack([ranks_of(s, candidates) for s in (first, second, third)])
+    ranks = member_ranks([first, second, third], candidates)
     kept, overlap = agreeing(ranks)
     assert kept == [0, 1]
     assert overlap[0, 1] == pytest.approx(3 / 5) and overlap[0, 2] == pytest.approx(1 / 5) and overlap[1, 2] == 0
@@ -389,9 +389,9 @@ def test_agreement_leaves_out_the_member_no_other_agrees_with():
     assert 3 in top_k(fuse_ranks([first, second, third], candidates, "median"), 5)
     assert 3 not in top_k(agreed, 5)
     shares_two = scores([3, 4, 50, 51, 52])  # 2 of 5 with the first: at least half the pair's 3
-    assert agreeing(np.stack([ranks_of(s, candidates) for s in (first, second, shares_two)]))[0] == [0, 1, 2]
+    assert agreeing(member_ranks([first, second, shares_two], candidates))[0] == [0, 1, 2]
     apart = [scores(range(10 * k, 10 * k + 5)) for k in range(3)]  # no two share a top row
-    assert agreeing(np.stack([ranks_of(s, candidates) for s in apart]))[0] == [0, 1, 2]
+    assert agreeing(member_ranks(apart, candidates))[0] == [0, 1, 2]
 
 
 def test_fusion_is_the_agreeing_median_rank_of_less_bm25_and_rds(stores, tmp_path):

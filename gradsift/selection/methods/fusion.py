@@ -3,7 +3,7 @@
 LESS (gradients), BM25 (words) and RDS (hidden states) fail in different places: gradient similarity
 follows the answer's form (a worked target draws worked or merely short answers of unrelated skills),
 words miss what is phrased differently, and hidden states blur near topics. Each pool row's fused
-score comes from its rank under each method (``scoring.fuse_ranks``), so a row one method alone puts
+score comes from its rank under each method (``scoring.fuse_member_ranks``), so a row one method alone puts
 first does not make the cut, and no method's score scale dominates another's. By default the median
 is taken over the members that agree (``scoring.agreeing``): a member whose top rows no other member
 shares, such as LESS drawn to worked answers by worked targets, is left out for that target, and a
@@ -27,7 +27,7 @@ from gradsift.selection.methods.base import Pool, SelectionMethod, SimilarityMet
 from gradsift.selection.methods.bm25 import Bm25
 from gradsift.selection.methods.less import Less
 from gradsift.selection.methods.rds import Rds
-from gradsift.selection.scoring import AGREEMENT_SHARE, agreeing, fuse_ranks, ranks_of
+from gradsift.selection.scoring import AGREEMENT_SHARE, agreeing, fuse_member_ranks, member_ranks
 
 
 @register
@@ -58,12 +58,14 @@ class Fusion(SelectionMethod):
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
         members = self.members(pool)
         results = [m.score(pool, targets) for m in members]
-        if self.fuse == "agreement":
-            for k, target in enumerate(targets):
-                print_agreement(target.name, [m.name for m in members], [r[k].scores for r in results], pool.scorable)
-        return [TargetScores(fuse_ranks([r[k].scores for r in results], pool.scorable, self.fuse),
-                             results[0][k].subtask)  # the subtask a row is closest to, by its gradient
-                for k in range(len(targets))]
+        fused = []
+        for k, target in enumerate(targets):
+            ranks = member_ranks([r[k].scores for r in results], pool.scorable)  # ranked once, for both uses
+            if self.fuse == "agreement":
+                print_agreement(target.name, [m.name for m in members], ranks)
+            fused.append(TargetScores(fuse_member_ranks(ranks, pool.scorable, self.fuse),
+                                      results[0][k].subtask))  # the subtask a row is closest to, by its gradient
+        return fused
 
     def settings(self) -> dict:
         return {"aggregate": self.aggregate, "fuse": self.fuse, "members": ["less", "bm25", "rds"],
@@ -77,9 +79,8 @@ class Fusion(SelectionMethod):
                    max_length=cls.token_limit(config), batch_size=config.batch_size, device=config.device)
 
 
-def print_agreement(target: str, names: list[str], scores: list[np.ndarray], candidates: np.ndarray) -> None:
-    """One line per target naming a member the agreement rule leaves out, and why."""
-    ranks = np.stack([ranks_of(s, candidates) for s in scores])[:, candidates]
+def print_agreement(target: str, names: list[str], ranks: np.ndarray) -> None:
+    """One line per target naming a member the agreement rule leaves out (``ranks``: ``member_ranks``), and why."""
     kept, overlap = agreeing(ranks)
     out = [i for i in range(len(names)) if i not in kept]
     if out:
