@@ -1,26 +1,32 @@
-"""Benchmark of scoring a large store (`gradsift select`, LESS), all in one run.
+"""Benchmark of scoring a large store (`gradsift select`), every signal and the default, all in one run.
 
-It writes a synthetic gradient store of --rows random unit rows x --dim dims with two checkpoints
-(the layout `gradsift build` writes: columnar index, memory-mapped feature files), one per
---dtypes, and a target store of --targets rows, then for each dtype, in a fresh process:
+It writes synthetic pool stores with every signal `gradsift build` stores: random unit gradient rows
+(two checkpoints, the columnar index, memory-mapped feature files), RDS+ embeddings (--embedding-dim,
+float32 as beside float16 rows) and a BM25 index of the records' prompts (bm25s, over synthetic
+records of Zipf-distributed words); and a target store of --targets rows in --target-subtasks
+subtasks. For each scale of --scales (ROWSxDIM: 1M x 8192 and 10M x 64 by default), each in a fresh
+process, with the store's files evicted from the page cache first:
 
-  read      the feature files read once from disk (evicted from the page cache first): the disk's
-            read bandwidth, measured in the same run
-  select    `gradsift select` (the Python API) of the top 5% over the whole store: rows/s, the
-            fraction of the disk bandwidth it reaches, peak RSS of that process
+  read      the gradient and embedding files read once from disk: the disk's read bandwidth, measured
+            in the same run
+  less, bm25, rds, fusion (the default)
+            `gradsift select` (the Python API) of the top 5% from the stores: seconds, rows/s, the
+            bytes of the files that method reads per second as a fraction of the disk's bandwidth, and
+            the peak RSS of that process. bm25 touches only the postings of the queries' words, so its
+            "bytes" is the whole prompt index: an upper bound.
 
-and, for --index-rows (10M by default), how long the index alone takes to open and the memory it
-takes, and the same `gradsift select` of a whole store of that many rows at --index-dim (64) float16
-dims: what memory the row count alone costs a selection (its index, scores, ranking and the 10M-line
-scores.csv it writes), with the features small enough to fit the scratch disk. Before that select,
-the same --index-rows records are indexed from their files as `gradsift build` and every text method
-read a pool (`data.index_examples`, without the tokenizer, which adds only time): its peak RSS.
-Synthetic rows say nothing of selection quality (that is bench/build_speed.py's quality part); they
-load the disk, the decoding and the matrix products exactly as a real store of that size does.
+The dims of the 10M-row scale are small so that its gradient files fit the scratch disk (10M x 8192
+float16 is 164 GB a checkpoint): what it measures is what the row count costs each signal (index,
+embeddings, BM25 postings, ranks, fusion, a 10M-line scores.csv); the gradient scan's cost per byte
+comes from the 1M x 8192 scale. With --dtypes, LESS alone is also timed per store dtype at the first
+scale, and with --index-rows the index alone is opened, and that many records indexed from their
+files as `gradsift build` and every text method read a pool (`data.index_examples`). Synthetic rows
+say nothing of selection quality (that is bench/build_speed.py's quality part); they load the disk,
+the decoding and the arithmetic as a real store of that size does.
 
-    python bench/score_speed.py                         # 1M x 8192, float16 int8 bit; 10M-row index
-    python bench/score_speed.py --rows 100000 --index-rows 1000000 --out bench/score_small.json
-    python bench/score_speed.py --dtypes --out bench/score_rows.json    # only the 10M-row parts
+    python bench/score_speed.py                                        # 1M x 8192 and 10M x 64, every signal
+    python bench/score_speed.py --scales 100000x1024 --out /tmp/small.json   # a quick look
+    python bench/score_speed.py --scales 1000000x8192 --dtypes float16 int8 bit --index-rows 10000000
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ from memory import peak_rss_gib
 CHECKPOINTS = ["checkpoint-1", "checkpoint-2"]
 
 
-RECORD = 120  # bytes a synthetic record takes in its file, newline included
+RECORD = 200  # bytes a synthetic record takes in its file, newline included
+VOCABULARY = 30_000  # synthetic words, drawn Zipf-distributed as words in text are
+PROMPT_WORDS, ANSWER_WORDS = 16, 4
 
 
 def synthetic_index(rows: int, pool: Path, subtasks: int = 0):
@@ -67,12 +75,18 @@ def synthetic_index(rows: int, pool: Path, subtasks: int = 0):
 
 
 def write_pool_files(rows: int, pool: Path) -> None:
+    """Row n is line n // 100 + 1 of part-(n % 100): a prompt and an answer of Zipf-distributed words."""
     pool.mkdir(parents=True, exist_ok=True)
+    words = np.array([f"w{k}" for k in range(VOCABULARY)])
     for k in range(100):
+        count = len(range(k, rows, 100))
+        rng = np.random.default_rng([0, k])
+        drawn = words[(rng.zipf(1.3, (count, PROMPT_WORDS + ANSWER_WORDS)) - 1) % VOCABULARY]
         with open(pool / f"part-{k:03d}.jsonl", "w") as f:
-            for line in range(len(range(k, rows, 100))):
-                text = json.dumps({"id": f"r{line * 100 + k}", "prompt": "q", "completion": "a"})
-                f.write(text.ljust(RECORD - 1) + "\n")
+            for line, row in enumerate(drawn.tolist()):
+                text = json.dumps({"id": f"r{line * 100 + k}", "prompt": " ".join(row[:PROMPT_WORDS]),
+                                   "completion": " ".join(row[PROMPT_WORDS:])})
+                f.write(text.ljust(RECORD - 1)[: RECORD - 1] + "\n")
 
 
 def write_store(path: Path, rows: int, dim: int, dtype: str, seed: int, gradient: str, pool: Path,
@@ -96,12 +110,39 @@ def write_store(path: Path, rows: int, dim: int, dtype: str, seed: int, gradient
     store.finish()
 
 
-def write_stores(args, name: str, rows: int, dim: int, dtype: str) -> tuple[Path, Path]:
+def write_signals(path: Path, dim: int, seed: int, lexical: bool) -> None:
+    """The signals a build stores beside the rows: RDS+ embeddings of DIM (random unit vectors, in the
+    dtype a build gives them) and, with LEXICAL, the BM25 index of the records' prompts."""
+    from gradsift.features.embeddings import stored_settings
+    from gradsift.store import lexical as lexical_index
+    from gradsift.store.datastore import GradientStore
+    from gradsift.utils.models import ModelInfo
+
+    store = GradientStore.open(path)
+    rows = len(store.index)
+    store.begin_embeddings(stored_settings(ModelInfo("synthetic", "", "0"), dim, store))
+    rng = np.random.default_rng(seed)
+    block = max(1, (64 << 20) // (4 * dim))
+    for start in range(0, rows, block):
+        x = rng.standard_normal((min(block, rows - start), dim), dtype=np.float32)
+        store.write_embeddings(start, x / np.linalg.norm(x, axis=1, keepdims=True), "progress.json")
+    store.finish_embeddings()
+    if lexical:  # the part the default reads (a build indexes whole, prompt and answer)
+        lexical_index.write_lexical_index(path, store.index, parts=("prompt",))
+
+
+def write_stores(args, name: str, rows: int, dim: int, dtype: str, signals: bool = False) -> tuple[Path, Path]:
     """A pool store of ROWS x DIM in DTYPE and its float16 target store (--targets rows in
-    --target-subtasks subtasks), over the records in WORK/records."""
+    --target-subtasks subtasks), over the records in WORK/records; with SIGNALS, their embeddings and
+    the pool's BM25 index too."""
     store, target, records = args.work / f"pool-{name}", args.work / f"target-{name}", args.work / "records"
     write_store(store, rows, dim, dtype, seed=0, gradient="adam", pool=records)
     write_store(target, args.targets, dim, "float16", seed=1, gradient="sgd", pool=records, subtasks=args.target_subtasks)
+    if signals:
+        started = time.perf_counter()
+        write_signals(store, args.embedding_dim, seed=2, lexical=True)
+        write_signals(target, args.embedding_dim, seed=3, lexical=False)
+        print(f"  embeddings and BM25 index of {rows:,} rows written in {time.perf_counter() - started:.0f} s")
     return store, target
 
 
@@ -120,9 +161,17 @@ def feature_files(store: Path) -> list[Path]:
     return sorted((store / "features").glob("*.npy"))
 
 
+def signal_files(store: Path, method: str) -> list[Path]:
+    """The files of STORE a method's selection reads (all but the index, which every method reads)."""
+    embeddings = sorted((store / "embeddings").glob("*.npy"))
+    lexical = sorted(p for p in (store / "lexical").rglob("*") if p.is_file())
+    return {"less": feature_files(store), "rds": embeddings, "bm25": lexical,
+            "fusion": feature_files(store) + embeddings + lexical}[method]
+
+
 # -- the measured steps, each run in its own process (`--step`) ---------------------------------------
 def step_read(store: Path) -> dict:
-    files = feature_files(store)
+    files = feature_files(store) + signal_files(store, "rds")
     evict(files)
     start, size = time.perf_counter(), 0
     for path in files:
@@ -133,17 +182,18 @@ def step_read(store: Path) -> dict:
     return {"bytes": size, "seconds": seconds, "bytes_per_s": size / seconds}
 
 
-def step_select(store: Path, target: Path, out: Path) -> dict:
+def step_select(method: str, store: Path, target: Path, out: Path) -> dict:
     from gradsift.config import SelectConfig
     from gradsift.selection.select import select
 
-    evict(feature_files(store))
+    evict(signal_files(store, "fusion") + signal_files(target, "fusion"))
     start = time.perf_counter()
-    select(SelectConfig(method="less", train_store=store, target_store=[target], output=out, fraction=0.05))
+    select(SelectConfig(method=method, train_store=store, target_store=[target], output=out, fraction=0.05))
     seconds = time.perf_counter() - start
     rows = json.loads((store / "manifest.json").read_text())["rows"]
-    size = sum(p.stat().st_size for p in feature_files(store))
-    return {"seconds": seconds, "rows_per_s": rows / seconds, "bytes_per_s": size / seconds, "peak_rss_gib": peak_rss_gib()}
+    size = sum(p.stat().st_size for p in signal_files(store, method))
+    return {"seconds": seconds, "rows_per_s": rows / seconds, "bytes": size, "bytes_per_s": size / seconds,
+            "peak_rss_gib": peak_rss_gib()}
 
 
 def step_write_index(rows: int, folder: Path) -> dict:
@@ -177,15 +227,24 @@ def in_process(*argv) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+METHODS = ["less", "bm25", "rds", "fusion"]  # every signal, and the default that fuses them
+
+
+def scale(text: str) -> tuple[int, int]:
+    rows, dim = text.lower().split("x")
+    return int(rows), int(dim)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=8192)
+    parser.add_argument("--scales", nargs="*", type=scale, default=[(1_000_000, 8192), (10_000_000, 64)],
+                        help="ROWSxDIM of each pool store every signal and the default are timed on")
+    parser.add_argument("--embedding-dim", type=int, default=576, help="the stored embeddings' dims (SmolLM2-135M's)")
     parser.add_argument("--targets", type=int, default=300)
     parser.add_argument("--target-subtasks", type=int, default=10, help="the targets' subtasks (BBH has 27)")
-    parser.add_argument("--dtypes", nargs="*", default=["float16", "int8", "bit"])
-    parser.add_argument("--index-rows", type=int, default=10_000_000)
-    parser.add_argument("--index-dim", type=int, default=64, help="dims of the --index-rows store that is selected from")
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--dtypes", nargs="*", default=[], help="also time LESS on the first scale in these dtypes")
+    parser.add_argument("--index-rows", type=int, default=0, help="also open an index of this many rows alone")
     parser.add_argument("--work", type=Path, default=Path("bench-score-work"), help="scratch folder (deleted after)")
     parser.add_argument("--out", type=Path, default=Path("bench/score_results.json"))
     parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
@@ -193,7 +252,7 @@ def main() -> None:
     if args.step:
         kind, *rest = args.step
         result = {"read": lambda: step_read(Path(rest[0])),
-                  "select": lambda: step_select(Path(rest[0]), Path(rest[1]), Path(rest[2])),
+                  "select": lambda: step_select(rest[0], Path(rest[1]), Path(rest[2]), Path(rest[3])),
                   "write-index": lambda: step_write_index(int(rest[0]), Path(rest[1])),
                   "read-index": lambda: step_read_index(Path(rest[0])),
                   "index-pool": lambda: step_index_pool(Path(rest[0]))}[kind]()
@@ -202,40 +261,52 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     results = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-               "command": " ".join(sys.argv), "rows": args.rows, "dim": args.dim, "targets": args.targets,
-               "target_subtasks": args.target_subtasks,
-               "dtypes": {}}
+               "command": " ".join(sys.argv), "targets": args.targets, "target_subtasks": args.target_subtasks,
+               "embedding_dim": args.embedding_dim, "scales": {}, "dtypes": {}}
     try:
-        if args.dtypes:
-            write_pool_files(args.rows, args.work / "records")
-        for dtype in args.dtypes:
-            store, target = write_stores(args, dtype, args.rows, args.dim, dtype)
+        for rows, dim in args.scales:
+            key = f"{rows}x{dim}"
+            write_pool_files(rows, args.work / "records")
+            store, target = write_stores(args, key, rows, dim, "float16", signals=True)
             read = in_process("read", store)
-            chosen = in_process("select", store, target, args.work / f"selection-{dtype}")
-            size = sum(p.stat().st_size for p in feature_files(store))
-            results["dtypes"][dtype] = {"store_bytes": size, "disk_read": read, "select": chosen,
-                                        "fraction_of_disk_bandwidth": chosen["bytes_per_s"] / read["bytes_per_s"]}
-            print(f"{dtype}: {size / 2**30:.2f} GiB, {chosen['rows_per_s']:,.0f} rows/s, "
-                  f"{results['dtypes'][dtype]['fraction_of_disk_bandwidth']:.2f} of the disk's "
-                  f"{read['bytes_per_s'] / 2**20:,.0f} MiB/s, peak RSS {chosen['peak_rss_gib']:.2f} GiB")
+            found = results["scales"][key] = {"rows": rows, "dim": dim, "disk_read": read, "methods": {}}
+            for method in args.methods:
+                chosen = in_process("select", method, store, target, args.work / f"selection-{key}-{method}")
+                chosen["fraction_of_disk_bandwidth"] = chosen["bytes_per_s"] / read["bytes_per_s"]
+                found["methods"][method] = chosen
+                print(f"{key} {method}: {chosen['seconds']:.1f} s, {chosen['rows_per_s']:,.0f} rows/s, "
+                      f"{chosen['fraction_of_disk_bandwidth']:.2f} of the disk's {read['bytes_per_s'] / 2**20:,.0f} "
+                      f"MiB/s, peak RSS {chosen['peak_rss_gib']:.2f} GiB")
+            if "less" in found["methods"] and "fusion" in found["methods"]:
+                found["fusion_vs_less"] = found["methods"]["fusion"]["seconds"] / found["methods"]["less"]["seconds"]
+                print(f"{key}: the default takes {found['fusion_vs_less']:.2f}x the LESS scan")
             shutil.rmtree(store)
             shutil.rmtree(target)
-        folder = args.work / "index"
-        folder.mkdir(exist_ok=True)
-        in_process("write-index", args.index_rows, folder)
-        results["index"] = in_process("read-index", folder)
-        print(f"index of {args.index_rows:,} rows: opened in {results['index']['seconds']:.2f} s, "
-              f"peak RSS {results['index']['peak_rss_gib']:.2f} GiB")
-        shutil.rmtree(folder)
-        write_pool_files(args.index_rows, args.work / "records")
-        results["pool_index"] = in_process("index-pool", args.work / "records")
-        print(f"index_examples of {args.index_rows:,} records: {results['pool_index']['seconds']:.1f} s, "
-              f"peak RSS {results['pool_index']['peak_rss_gib']:.2f} GiB")
-        store, target = write_stores(args, "rows", args.index_rows, args.index_dim, "float16")
-        results["rows_select"] = {"rows": args.index_rows, "dim": args.index_dim,
-                                  **in_process("select", store, target, args.work / "rows-selection")}
-        print(f"select of {args.index_rows:,} rows x {args.index_dim} float16 dims: "
-              f"{results['rows_select']['seconds']:.1f} s, peak RSS {results['rows_select']['peak_rss_gib']:.2f} GiB")
+            if args.dtypes and (rows, dim) == args.scales[0]:
+                for dtype in args.dtypes:
+                    store, target = write_stores(args, dtype, rows, dim, dtype)
+                    read = in_process("read", store)
+                    chosen = in_process("select", "less", store, target, args.work / f"selection-{dtype}")
+                    results["dtypes"][dtype] = {"store_bytes": chosen["bytes"], "disk_read": read, "select": chosen,
+                                                "fraction_of_disk_bandwidth": chosen["bytes_per_s"] / read["bytes_per_s"]}
+                    print(f"{dtype}: {chosen['bytes'] / 2**30:.2f} GiB, {chosen['rows_per_s']:,.0f} rows/s, "
+                          f"{results['dtypes'][dtype]['fraction_of_disk_bandwidth']:.2f} of the disk's "
+                          f"{read['bytes_per_s'] / 2**20:,.0f} MiB/s, peak RSS {chosen['peak_rss_gib']:.2f} GiB")
+                    shutil.rmtree(store)
+                    shutil.rmtree(target)
+            shutil.rmtree(args.work / "records")
+        if args.index_rows:
+            folder = args.work / "index"
+            folder.mkdir(exist_ok=True)
+            in_process("write-index", args.index_rows, folder)
+            results["index"] = in_process("read-index", folder)
+            print(f"index of {args.index_rows:,} rows: opened in {results['index']['seconds']:.2f} s, "
+                  f"peak RSS {results['index']['peak_rss_gib']:.2f} GiB")
+            shutil.rmtree(folder)
+            write_pool_files(args.index_rows, args.work / "records")
+            results["pool_index"] = in_process("index-pool", args.work / "records")
+            print(f"index_examples of {args.index_rows:,} records: {results['pool_index']['seconds']:.1f} s, "
+                  f"peak RSS {results['pool_index']['peak_rss_gib']:.2f} GiB")
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

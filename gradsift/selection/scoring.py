@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -44,19 +46,21 @@ def subtask_means(similarity: torch.Tensor, subtasks: list[str]) -> tuple[torch.
     return sums / counts, names
 
 
-def aggregate(similarity: torch.Tensor, subtasks: list[str], how: Aggregate = "subtask-mean-max") -> torch.Tensor:
+def aggregate(similarity: torch.Tensor, subtasks: list[str], how: Aggregate = "subtask-mean-max",
+              means: torch.Tensor | None = None) -> torch.Tensor:
     """One score per pool row from its similarities to every target example.
 
     ``subtask-mean-max`` (the paper's rule): mean over each subtask's examples, then max over subtasks.
     ``mean``: mean over all target examples. ``max``: max over all target examples. (``round-robin``
-    ranks whole columns of subtask means: ``round_robin``.)"""
+    ranks whole columns of subtask means: ``round_robin``.) ``means``: ``subtask_means`` of the same, if
+    the caller has them."""
     if how == "mean":
         return similarity.mean(1)
     if how == "max":
         return similarity.max(1).values
     if how != "subtask-mean-max":
         raise ValueError(f"unknown aggregation {how!r}")
-    return subtask_means(similarity, subtasks)[0].max(1).values
+    return (subtask_means(similarity, subtasks)[0] if means is None else means).max(1).values
 
 
 def round_robin(means: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -74,11 +78,10 @@ def round_robin(means: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return (n * k - place).astype(np.float32)
 
 
-def ranks_of(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Each candidate row's rank by score (0 = best, ties to the lower index, as ``top_k``); -1 elsewhere."""
-    rows = np.flatnonzero(candidates)
-    ranks = np.full(len(scores), -1, dtype=np.int64)
-    ranks[rows[top_k(scores[rows], len(rows))]] = np.arange(len(rows))
+def candidate_ranks(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """(candidates,) int32: each candidate's rank by score (0 = best, ties to the lower index), in row order."""
+    ranks = np.empty(int(candidates.sum()), dtype=np.int32)
+    ranks[top_k(scores[candidates], len(ranks))] = np.arange(len(ranks), dtype=np.int32)
     return ranks
 
 
@@ -92,9 +95,10 @@ def agreeing(ranks: np.ndarray, share: float = AGREEMENT_SHARE) -> tuple[list[in
     them; a member that agrees with no other is left out. With no overlap at all, all are kept."""
     m, n = ranks.shape
     size = max(1, round(share * n))
-    top = ranks < size
-    overlap = (top[:, None, :] & top[None, :, :]).sum(-1) / size
-    np.fill_diagonal(overlap, 0.0)
+    top = [np.flatnonzero(r < size) for r in ranks]  # a member's top rows: a few percent of the pool
+    overlap = np.zeros((m, m))
+    for i, j in itertools.combinations(range(m), 2):
+        overlap[i, j] = overlap[j, i] = len(np.intersect1d(top[i], top[j], assume_unique=True)) / size
     if m < 3 or overlap.max() == 0:
         return list(range(m)), overlap
     a, b = np.unravel_index(overlap.argmax(), overlap.shape)
@@ -103,13 +107,16 @@ def agreeing(ranks: np.ndarray, share: float = AGREEMENT_SHARE) -> tuple[list[in
 
 
 def member_ranks(scores: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
-    """(methods, candidates) float64: each method's rank (0 = best) of each candidate row, in row order."""
-    return np.stack([ranks_of(s, candidates) for s in scores]).astype(np.float64)[:, candidates]
+    """(methods, candidates) int32: each method's rank (0 = best) of each candidate row, in row order."""
+    return np.stack([candidate_ranks(s, candidates) for s in scores])
 
 
 def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
     """One score per row from several methods' scores, through each method's ranks (``fuse_member_ranks``)."""
     return fuse_member_ranks(member_ranks(scores, candidates), candidates, how, k)
+
+
+FUSE_ROWS = 1 << 20  # candidates fused at a time: float64 work arrays of a few MiB, whatever the pool
 
 
 def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
@@ -121,27 +128,24 @@ def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "me
     lift its own picks past the others' middle ranks. ``mean``: the mean rank (Borda). ``rrf``:
     reciprocal rank fusion, sum 1 / (k + r + 1) (Cormack et al., 2009). The score is the number of
     candidates minus the row's fused rank (whole numbers, exact in float32 up to 16M rows): higher is
-    better; rows outside ``candidates`` score 0."""
+    better; rows outside ``candidates`` score 0. Computed in float64, FUSE_ROWS candidates at a time."""
     n = int(candidates.sum())
     if how == "agreement":
         ranks = ranks[agreeing(ranks)[0]]
-    if how == "rrf":
-        fused = (1.0 / (k + ranks + 1)).sum(0)
-    elif how == "mean":
-        fused = -ranks.mean(0)
-    elif how in ("median", "agreement"):  # mean rank / n < 1: it orders rows with equal medians only
-        fused = -(np.median(ranks, 0) + ranks.mean(0) / n)
-    else:
+    if how not in ("rrf", "mean", "median", "agreement"):
         raise ValueError(f"unknown rank fusion {how!r}")
-    out = np.zeros(len(candidates))
-    out[candidates] = fused
-    return np.where(candidates, n - ranks_of(out, candidates), 0).astype(np.float32)
-
-
-def best_subtask(similarity: torch.Tensor, subtasks: list[str]) -> list[str]:
-    """Each pool row's closest target subtask (highest mean similarity): what the report groups by."""
-    means, names = subtask_means(similarity, subtasks)
-    return [names[k] for k in means.argmax(1).tolist()]
+    fused = np.empty(n)
+    for start in range(0, n, FUSE_ROWS):
+        r = ranks[:, start: start + FUSE_ROWS].astype(np.float64)
+        if how == "rrf":
+            fused[start: start + FUSE_ROWS] = (1.0 / (k + r + 1)).sum(0)
+        elif how == "mean":
+            fused[start: start + FUSE_ROWS] = -r.mean(0)
+        else:  # mean rank / n < 1: it orders rows with equal medians only
+            fused[start: start + FUSE_ROWS] = -(np.median(r, 0) + r.mean(0) / n)
+    out = np.zeros(len(candidates), np.float32)
+    out[np.flatnonzero(candidates)[top_k(fused, n)]] = np.arange(n, 0, -1, dtype=np.float32)
+    return out
 
 
 def relevance_auc(scores: np.ndarray, relevant: np.ndarray) -> float:

@@ -25,6 +25,7 @@ from gradsift.selection.methods import (
     Pool,
     SelectionMethod,
     Target,
+    TargetScores,
     method_class,
 )
 from gradsift.selection.scoring import top_k
@@ -56,7 +57,12 @@ def make_method(config: SelectConfig, labels: dict[str, set[str]] | None = None)
 def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
     """The pool and targets: gradient stores for methods that read them, records files for the others."""
     cls = method_class(config.method)
-    if cls.reads == "stores":
+    stores_given = config.train_store is not None or bool(config.target_store)
+    if stores_given and cls.reads == "records" and not cls.reads_stores_too:
+        raise ConfigError(f"--method {config.method} reads records files, not stores: give --pool and --target")
+    if stores_given and (config.pool or config.target):
+        raise ConfigError("give stores (--train-store, --target-store) or records files (--pool, --target), not both")
+    if cls.reads == "stores" or stores_given:
         if config.train_store is None or not config.target_store:
             raise ConfigError(f"--method {config.method} selects from gradient stores: give --train-store and "
                               "--target-store (or --pool and --target with --method bm25, rds or random)")
@@ -102,12 +108,12 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
             raise ConfigError(f"{method.name} gave a non-finite score for target {target.name}")
         ranking = candidates[top_k(result.scores[candidates], len(candidates))]
         selection = Selection(target.name, result.scores, pool.scorable, ranking, n_select, out)
-        _write(selection, method, pool, target, result.subtask)
+        _write(selection, method, pool, target, result)
         selections.append(selection)
     return selections
 
 
-def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, subtasks: list[str] | None) -> None:
+def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, result: TargetScores) -> None:
     index = pool.refs
     checksums = {"selected.jsonl": atomic_write_chunks(sel.output / "selected.jsonl", (
         b"".join(r + b"\n" for r in read_records(index.take(sel.selected[start: start + ROWS_AT_ONCE])))
@@ -117,6 +123,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
     statuses = index.status_codes()
     ranks = np.zeros(len(index), dtype=np.int64)
     ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
+    names = np.asarray(result.subtasks, dtype=object)
 
     def scores_csv(start: int) -> bytes:
         rows = slice(start, start + ROWS_AT_ONCE)
@@ -127,7 +134,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
             "rank": np.where(scored, ranks[rows].astype(str), "").tolist(),
             "selected": (scored & (ranks[rows] <= sel.count) & (ranks[rows] > 0)).astype(int).tolist(),
             "status": np.where(scored, "ok", np.asarray(STATUSES)[statuses[rows]]).tolist(),
-            "subtask": np.where(scored, np.asarray(subtasks[rows], dtype=object), "").tolist() if subtasks
+            "subtask": np.where(scored, names[result.closest[rows]], "").tolist() if result.closest is not None
             else [""] * len(part),
             "chars": part.column("chars").to_pylist(),
         }

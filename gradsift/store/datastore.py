@@ -350,7 +350,7 @@ class GradientStore:
             rows = read_npy_rows(file, which.start or 0, which.stop)
         else:
             rows = np.load(file, mmap_mode="r")[which]
-        return rows.astype(np.float32)
+        return rows.astype(np.float32, copy=False)
 
     def begin_embeddings(self, settings: dict) -> bool:
         """Lay out embeddings of SETTINGS unless there (one process); False if they are complete."""

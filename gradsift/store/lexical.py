@@ -10,23 +10,26 @@ On disk, in the store's folder (written whole, by a rename, after the rows are c
 
 Texts are ``record_text(ref, part)`` (``data.records``) and tokens come from ``tokenize``, the one
 tokenization of records and queries alike, so a stored index scores exactly as a fresh one.
-``scores`` gives a query's scores of a row range, in the order bm25s adds them: byte-identical to
-``bm25s.BM25.get_scores``. A store built before this module has no index; BM25 then indexes in memory.
+``QueryScores`` gives many queries' scores of a row range at once: ``bm25s.BM25.get_scores``'s, summed
+in float64 (bm25s adds in float32, so the two can differ in the last bit). A store built before this
+module has no index; BM25 then indexes in memory.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 import numpy as np
+from tqdm import tqdm
 
 from gradsift.config import Part
-from gradsift.data.records import ExampleRef, part_text, read_messages
+from gradsift.data.records import ExampleRef, record_text
 from gradsift.utils.errors import StoreMismatchError
 from gradsift.utils.faults import stop_point
 from gradsift.utils.files import atomic_write_json, checksums, partial_name, read_json
@@ -65,27 +68,46 @@ def query_ids(index: bm25s.BM25, texts: list[str]) -> list[np.ndarray]:
     return [np.array([vocab[t] for t in words if t in vocab], np.int64) for words in tokenize(texts, ids=False)]
 
 
-def scores(index: bm25s.BM25, tokens: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """(stop - start,) BM25 scores of rows [start, stop) for a query's token ids: each token's postings
-    (rows sorted within it) added in the query's order in the index's dtype, as bm25s does, so the scores
-    are its own to the bit; only the rows asked for are touched (a memory-mapped index stays on disk)."""
-    data, rows, pointers = index.scores["data"], index.scores["indices"], index.scores["indptr"]
-    out = np.zeros(stop - start, np.dtype(index.dtype))
-    for token in tokens:
-        first, last = int(pointers[token]), int(pointers[token + 1])
-        lo, hi = np.searchsorted(rows[first:last], [start, stop]) + first
-        np.add.at(out, rows[lo:hi] - start, data[lo:hi])
-    return out
+class QueryScores:
+    """BM25 scores of many queries (token ids, ``query_ids``) against any range of an index's rows at once.
 
+    A query's score of a row is the sum, over its words (repeats counted), of the word's stored score for
+    that row (bm25s's ``get_scores``), so a range's scores are one sparse product: the postings of the
+    queries' words that fall in the range (rows x words) times the words' counts in each query (words x
+    queries). Only the postings in the range are read (a memory-mapped index stays on disk), and the
+    products are summed in float64, so the order bm25s adds them in is rounded away."""
 
-def lexical_texts(refs: Iterable[ExampleRef], parts: tuple[Part, ...] = PARTS) -> dict[Part, list[str]]:
-    """Each part's text of every row (each record read once)."""
-    texts: dict[Part, list[str]] = {p: [] for p in parts}
-    for ref in refs:
-        messages = read_messages(ref)
-        for part in parts:
-            texts[part].append(part_text(messages, part))
-    return texts
+    def __init__(self, index: bm25s.BM25, queries: list[np.ndarray]):
+        import torch
+
+        self.maps = [getattr(index.scores[k], "_mmap", None) for k in ("data", "indices")]  # None: in memory
+        self.data = np.asarray(index.scores["data"])  # plain views of the memory maps: slicing them is cheap
+        self.rows = np.asarray(index.scores["indices"])
+        pointers = np.asarray(index.scores["indptr"])
+        self.words = np.unique(np.concatenate(queries)) if any(len(q) for q in queries) else np.zeros(0, np.int64)
+        counts = np.zeros((len(self.words), len(queries)))
+        for j, q in enumerate(queries):
+            np.add.at(counts[:, j], np.searchsorted(self.words, q), 1.0)
+        self.counts = torch.from_numpy(counts)
+        self.first, self.last = pointers[self.words], pointers[self.words + 1]
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, queries) float32 scores of rows [start, stop)."""
+        import torch
+
+        bounds = [np.searchsorted(self.rows[f:e], (start, stop)) + f for f, e in zip(self.first, self.last)]
+        found = [(u, lo, hi) for u, (lo, hi) in enumerate(bounds) if hi > lo]
+        if not found:
+            return np.zeros((stop - start, self.counts.shape[1]), np.float32)
+        rows = np.concatenate([self.rows[lo:hi] for _, lo, hi in found]).astype(np.int64) - start
+        values = np.concatenate([self.data[lo:hi] for _, lo, hi in found]).astype(np.float64)
+        words = np.repeat([u for u, _, _ in found], [hi - lo for _, lo, hi in found])
+        for m in self.maps:  # the postings read stay in the page cache, not in this process's memory
+            if m is not None:
+                m.madvise(mmap.MADV_DONTNEED)
+        postings = torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, words])), torch.from_numpy(values),
+                                           (stop - start, len(self.words)), check_invariants=False)
+        return torch.sparse.mm(postings, self.counts).float().numpy()
 
 
 def write_lexical_index(store: Path, refs: Sequence[ExampleRef], parts: tuple[Part, ...] = PARTS) -> bool:
@@ -96,11 +118,13 @@ def write_lexical_index(store: Path, refs: Sequence[ExampleRef], parts: tuple[Pa
     final = Path(store) / LEXICAL_DIR
     if final.exists():
         return False
-    texts = lexical_texts(refs, parts)
     tmp = Path(tempfile.mkdtemp(dir=store, prefix=partial_name(LEXICAL_DIR)))
     try:
-        for part in parts:
-            build_index(texts[part]).save(tmp / part, show_progress=False)
+        for part in parts:  # one part's texts held at a time: the records are read again for each
+            texts = [record_text(ref, part) for ref in tqdm(refs, desc=f"bm25 index of {Path(store).name}: {part}",
+                                                              unit="rec", smoothing=0.1, disable=len(refs) < 10_000)]
+            build_index(texts).save(tmp / part, show_progress=False)
+            del texts
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         for name in files:  # durable before the rename makes them the index
             with open(tmp / name, "rb") as f:

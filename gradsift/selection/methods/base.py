@@ -24,7 +24,7 @@ from gradsift.config import TOKEN_LIMIT, SelectConfig
 from gradsift.data.chat import ChatEncoder
 from gradsift.data.index import StoreIndex, index_examples
 from gradsift.data.records import ExampleRef
-from gradsift.selection.scoring import Aggregate, aggregate, best_subtask, round_robin, subtask_means
+from gradsift.selection.scoring import Aggregate, aggregate, round_robin, subtask_means
 from gradsift.store.datastore import GradientStore
 from gradsift.utils.errors import ConfigError
 
@@ -120,13 +120,22 @@ class Target:
 @dataclass
 class TargetScores:
     scores: np.ndarray  # (rows,) float32; meaningful where the pool is scorable
-    subtask: list[str] | None = None  # each row's closest target subtask, for methods that compare with examples
+    closest: np.ndarray | None = None  # (rows,) int32: each row's closest target subtask, as a place in
+    # ``subtasks`` (methods that compare with examples; a code, not a name: a pool may have millions of rows)
+    subtasks: list[str] = field(default_factory=list)  # the target's subtasks, sorted
+
+    @property
+    def subtask(self) -> list[str] | None:
+        """Each row's closest subtask by name."""
+        return None if self.closest is None else np.asarray(self.subtasks, dtype=object)[self.closest].tolist()
 
 
 class SelectionMethod(ABC):
     name: ClassVar[str]  # its --method name and its label in summary.json
     reads: ClassVar[Literal["records", "stores"]] = "records"  # records files (--pool, --target), or gradient
     # stores (--train-store, --target-store) that an experiment builds from its warmup run
+    reads_stores_too: ClassVar[bool] = False  # a records reader that also takes stores (--train-store,
+    # --target-store): it reads their rows' records and what the store keeps for it (bm25 its index, rds embeddings)
     reads_run: ClassVar[bool] = False  # a warmup run: its stores, or its checkpoints directly (--run)
     reads_model: ClassVar[bool] = False  # a selector model run over the records (--model; an experiment's own)
     reads_labels: ClassVar[bool] = False  # a benchmark's relevance labels: experiments only, never --method
@@ -177,19 +186,20 @@ class SimilarityMethod(SelectionMethod):
 
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
         rows = len(pool.refs)
-        out = [TargetScores(np.zeros(rows, np.float32), [""] * rows) for _ in targets]
         columns = [self.columns(pool, t) for t in targets]
+        out = [TargetScores(np.zeros(rows, np.float32), np.zeros(rows, np.int32), sorted(set(c))) for c in columns]
         # round-robin ranks whole columns: keep every row's subtask means (rows x subtasks, small)
-        means = [np.zeros((rows, len(set(c))), np.float32) for c in columns] if self.aggregate == "round-robin" else []
+        kept = [np.zeros((rows, len(set(c))), np.float32) for c in columns] if self.aggregate == "round-robin" else []
         for start, chunk in self.similarities(pool, targets):
             for k, (subtasks, sim, result) in enumerate(zip(columns, chunk, out)):
-                end = start + sim.shape[0]
-                if means:
-                    means[k][start:end] = subtask_means(sim.float(), subtasks)[0].numpy()
+                end, sim = start + sim.shape[0], sim.float()
+                means = subtask_means(sim, subtasks)[0]
+                if kept:
+                    kept[k][start:end] = means.numpy()
                 else:
-                    result.scores[start:end] = aggregate(sim.float(), subtasks, self.aggregate).numpy()
-                result.subtask[start:end] = best_subtask(sim.float(), subtasks)
-        for result, m in zip(out, means):
+                    result.scores[start:end] = aggregate(sim, subtasks, self.aggregate, means).numpy()
+                result.closest[start:end] = means.argmax(1).numpy()
+        for result, m in zip(out, kept):
             result.scores[:] = round_robin(m, pool.scorable)
         return out
 

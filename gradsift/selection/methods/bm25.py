@@ -5,7 +5,7 @@ answer's words are noise to a lexical match when the pool's relevant records ans
 
 A pool read from a gradient store is scored with the store's own index of its records
 (``gradsift.store.lexical``, written by ``gradsift build``); a pool of records files, or a store built
-before stores held one, is indexed in memory. Both give the same scores to the bit."""
+before stores held one, is indexed in memory. Both give the same scores to the bit (``lexical.QueryScores``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from gradsift.config import Part, SelectConfig
@@ -26,6 +25,7 @@ from gradsift.store import lexical
 @dataclass
 class Bm25(SimilarityMethod):
     name: ClassVar[str] = "bm25"
+    reads_stores_too: ClassVar[bool] = True  # a store's index / embeddings: no model, no re-indexing
     k1: float = lexical.K1
     b: float = lexical.B
     target_part: Part = "prompt"  # the task as asked, not a worked answer's form (docs/methods.md)
@@ -41,15 +41,11 @@ class Bm25(SimilarityMethod):
                       "gradient is recomputed)")
             pool.say_a_store_would_be_faster("bm25", "indexing")
             index = lexical.build_index([record_text(r, self.pool_part) for r in pool.refs], self.k1, self.b)
-        queries = [lexical.query_ids(index, [record_text(r, self.target_part) for r in t.refs]) for t in targets]
-        rows = len(pool.refs)
-        for start in range(0, rows, self.chunk_rows):  # only a chunk of rows x target examples is ever held
-            stop = min(rows, start + self.chunk_rows)
-            chunk = [np.empty((stop - start, len(q)), np.float32) for q in queries]
-            for sims, target in zip(chunk, queries):
-                for j, tokens in enumerate(target):
-                    sims[:, j] = lexical.scores(index, tokens, start, stop)
-            yield start, [torch.from_numpy(sims) for sims in chunk]
+        scorers = [lexical.QueryScores(index, lexical.query_ids(index, [record_text(r, self.target_part) for r in t.refs]))
+                   for t in targets]
+        for start in range(0, len(pool.refs), self.chunk_rows):  # only a chunk of rows x target examples is held
+            stop = min(len(pool.refs), start + self.chunk_rows)
+            yield start, [torch.from_numpy(score(start, stop)) for score in scorers]
 
     def settings(self) -> dict:
         return {**super().settings(), "k1": self.k1, "b": self.b, "target_part": self.target_part,

@@ -27,7 +27,7 @@ from gradsift.selection.methods.base import Pool, SelectionMethod, SimilarityMet
 from gradsift.selection.methods.bm25 import Bm25
 from gradsift.selection.methods.less import Less
 from gradsift.selection.methods.rds import Rds
-from gradsift.selection.scoring import AGREEMENT_SHARE, agreeing, fuse_member_ranks, member_ranks
+from gradsift.selection.scoring import AGREEMENT_SHARE, agreeing, candidate_ranks, fuse_member_ranks
 
 
 @register
@@ -57,14 +57,21 @@ class Fusion(SelectionMethod):
 
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
         members = self.members(pool)
-        results = [m.score(pool, targets) for m in members]
+        ranks: list[list[np.ndarray]] = [[] for _ in targets]  # each target's member ranks, int32 per candidate
+        for i, member in enumerate(members):  # one member's scores held at a time: ranked, then let go
+            scored = member.score(pool, targets)
+            if i == 0:
+                nearest = [(s.closest, s.subtasks) for s in scored]  # the subtask a row is closest to, by its gradient
+            for k, result in enumerate(scored):
+                ranks[k].append(candidate_ranks(result.scores, pool.scorable))
+            del scored
         fused = []
         for k, target in enumerate(targets):
-            ranks = member_ranks([r[k].scores for r in results], pool.scorable)  # ranked once, for both uses
+            stacked = np.stack(ranks[k])  # ranked once, for both uses
+            ranks[k] = []
             if self.fuse == "agreement":
-                print_agreement(target.name, [m.name for m in members], ranks)
-            fused.append(TargetScores(fuse_member_ranks(ranks, pool.scorable, self.fuse),
-                                      results[0][k].subtask))  # the subtask a row is closest to, by its gradient
+                print_agreement(target.name, [m.name for m in members], stacked)
+            fused.append(TargetScores(fuse_member_ranks(stacked, pool.scorable, self.fuse), *nearest[k]))
         return fused
 
     def settings(self) -> dict:

@@ -27,8 +27,9 @@ from gradsift.utils.models import load_model, pick_device
 @dataclass
 class Rds(SimilarityMethod):
     name: ClassVar[str] = "rds"
+    reads_stores_too: ClassVar[bool] = True  # a store's index / embeddings: no model, no re-indexing
     reads_model: ClassVar[bool] = True
-    model: str = ""
+    model: str = ""  # default, given stores: the pool store's model
     max_length: int = TOKEN_LIMIT
     batch_size: int = 16
     device: str = "auto"
@@ -40,6 +41,8 @@ class Rds(SimilarityMethod):
         return store is not None and store.has_embeddings(self.model, part, self.max_length)
 
     def similarities(self, pool: Pool, targets: list[Target]) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        if not self.model and pool.store is not None:
+            self.model = pool.store.manifest["model"]["name"]
         if not self.model:
             raise ValueError("rds needs the selector model (--model)")
         inputs = [(pool.store, self.pool_part, pool.refs, "rds pool")]
@@ -84,7 +87,7 @@ class Rds(SimilarityMethod):
 
     @classmethod
     def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> Rds:
-        if not config.model:
+        if not config.model and config.train_store is None:
             raise ConfigError("--method rds needs the selector model: --model MODEL")
-        return cls(**cls.similarity_settings(config), **cls.part_settings(config), model=config.model,
+        return cls(**cls.similarity_settings(config), **cls.part_settings(config), model=config.model or "",
                    max_length=cls.token_limit(config), batch_size=config.batch_size, device=config.device)
