@@ -165,12 +165,12 @@ class SelectConfig(Checked):
     method: str = field(default="fusion", metadata={
         "help": "one of %(choices)s (the registry, gradsift.selection.methods). fusion, the default, fuses the ranks "
                 "of less, bm25 and rds (docs/results.md); fusion and less read gradient stores (--train-store, "
-                "--target-store); exact (needs --run: LESS unprojected), random, bm25, rds (needs --model) and "
-                "full read records files (--pool, --target)"})
+                "--target-store), as bm25 and rds can; exact (needs --run: LESS unprojected), random, bm25, rds (needs "
+                "--model) and full read records files (--pool, --target)"})
     train_store: Path | None = field(default=None, metadata={
-        "help": "less: gradient store of the pool (--gradient adam)"})
+        "help": "fusion, less (and bm25, rds, which read its index and embeddings): the pool's store"})
     target_store: list[Path] | None = field(default=None, metadata={
-        "help": "less: gradient stores of the targets (--gradient sgd); several give one selection each"})
+        "help": "fusion, less (and bm25, rds): the targets' stores; several give one selection each"})
     pool: list[Path] | None = field(default=None, metadata={"help": "exact/random/bm25/rds/full: pool records files"})
     target: list[Path] | None = field(default=None, metadata={
         "help": "exact/random/bm25/rds/full: the target's records files (one target; subtask = record field or file)"})
@@ -178,7 +178,7 @@ class SelectConfig(Checked):
     adam_form: AdamForm = field(default="corrected", metadata={
         "help": "exact: the pool's Adam feature, as build's --adam-form (corrected, or less: the reference's)"})
     model: str | None = field(default=None, metadata={
-        "help": "rds: the selector model whose hidden states are compared (fusion: default the stores' model)"})
+        "help": "rds: the selector model whose hidden states are compared (given stores: default theirs)"})
     fraction: float | None = field(default=0.05, metadata={
         "range": "fraction", "help": "fraction of the pool to select"})
     count: int | None = field(default=None, metadata={
@@ -202,6 +202,9 @@ class SelectConfig(Checked):
     batch_size: int = field(default=16, metadata={
         "range": "positive", "help": "rds/exact: examples per forward (exact: backward) pass"})
     device: str = field(default="auto", metadata={"help": "rds/exact: auto, cpu, cuda, ..."})
+    model_dtype: ModelDtype = field(default="auto", metadata={
+        "help": "exact: the model's weights in its gradient pass, as build's --model-dtype (auto: bfloat16 on a GPU, "
+                "float32 on a CPU)"})
     chunk_size: int = field(default=256, metadata={"range": "positive",
         "help": "exact: pool rows whose cosines are committed to OUTPUT/exact at a time (where a rerun resumes)"})
     chunk_rows: int = field(default=16384, metadata={

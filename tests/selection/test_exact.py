@@ -168,6 +168,19 @@ def test_exact_scores_equal_cosines_by_hand(run, data, reference, aggregate, for
     assert list(weights) == reference["checkpoints"] and sum(weights.values()) == pytest.approx(1)
 
 
+def test_exact_in_bfloat16_on_a_cpu_runs_the_gpu_path_close_to_float32(run, data, reference, tmp_path):
+    """--model-dtype bfloat16: the model's weights in bf16 (the GPU's path), the feature math in float32;
+    the cosines stay near the float32 pass's and the summary says which ran."""
+    (sel,) = select(exact_config(run, data, tmp_path / "sel", model_dtype="bfloat16"))
+    expected, _ = by_hand(reference, "subtask-mean-max")
+    ok = reference["ok"]
+    assert not np.allclose(sel.scores[ok], expected, rtol=1e-4, atol=2e-6)  # another pass, not float32's
+    np.testing.assert_allclose(sel.scores[ok], expected, atol=0.005)  # scores of 0.08-0.16 here
+    assert np.corrcoef(sel.scores[ok], expected)[0, 1] > 0.99
+    summary = json.loads((tmp_path / "sel" / "summary.json").read_text())
+    assert summary["method_settings"]["model_dtype"] == "bfloat16"
+
+
 def test_a_zero_feature_has_cosine_zero_not_nan():
     columns = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]])
     reducer = Cosines(columns, offsets=[0, 2], numels=[2, 1])
@@ -231,6 +244,8 @@ def test_another_pass_in_the_work_folder_is_refused(run, data, cli_reference, tm
         select(exact_config(run, data, out, adam_form="less"))
     with pytest.raises(ConfigError, match=r"differs in max_length\)"):
         select(exact_config(run, data, out, max_length=40))
+    with pytest.raises(ConfigError, match=r"differs in model_dtype\)"):
+        select(exact_config(run, data, out, model_dtype="bfloat16"))
     # the same pass with another count reads the committed cosines again: no model is loaded
     import gradsift.selection.methods.exact as exact
 

@@ -168,3 +168,30 @@ def test_the_default_selects_the_same_with_the_model_folder_moved_away(tiny_mode
     model.rename(tmp_path / "moved-away")
     select(SelectConfig(output=tmp_path / "without", **config))
     assert (tmp_path / "without" / "selected.jsonl").read_bytes() == (tmp_path / "with-model" / "selected.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("method", ["bm25", "rds"])
+def test_bm25_and_rds_select_from_stores_as_from_records_files_with_no_model(small_stores, data, tmp_path,
+                                                                              monkeypatch, method):
+    """`select --method bm25|rds --train-store --target-store` reads the stored index or embeddings (rds's
+    model defaults to the stores'), loads no model, and selects what the records files give."""
+    pool, target = small_stores
+    files = {"pool": data["pool"], "target": [data["target"]], "model": pool.manifest["model"]["name"]}
+    select(SelectConfig(method=method, output=tmp_path / "files", count=5, device="cpu", **files))
+    no_model(monkeypatch)
+    select(SelectConfig(method=method, train_store=pool.path, target_store=[target.path], output=tmp_path / "stores",
+                        count=5))
+    assert (tmp_path / "stores" / "selected.jsonl").read_bytes() == (tmp_path / "files" / "selected.jsonl").read_bytes()
+    summary = json.loads((tmp_path / "stores" / "summary.json").read_text())
+    assert summary["pool_store"] == str(pool.path) and summary["method"] == method
+
+
+def test_a_records_method_given_stores_or_both_inputs_is_a_one_line_error(small_stores, data, tmp_path):
+    from gradsift.utils.errors import ConfigError
+
+    pool, target = small_stores
+    stores = {"train_store": pool.path, "target_store": [target.path]}
+    with pytest.raises(ConfigError, match="reads records files, not stores"):
+        select(SelectConfig(method="random", output=tmp_path / "a", **stores))
+    with pytest.raises(ConfigError, match="not both"):
+        select(SelectConfig(method="bm25", output=tmp_path / "b", pool=data["pool"], target=[data["target"]], **stores))

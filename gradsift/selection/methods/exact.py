@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gradsift.config import AdamForm, SelectConfig
+from gradsift.config import AdamForm, ModelDtype, SelectConfig
 from gradsift.data.chat import ChatEncoder
 from gradsift.features.adam import normalize_rows
-from gradsift.features.engine import chunk_features, load_features_model, open_run, use_checkpoint
+from gradsift.features.engine import chunk_features, features_dtype, load_features_model, open_run, use_checkpoint
 from gradsift.features.gradients import PerExampleGradients
 from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
 from gradsift.selection.scoring import checkpoint_weights
@@ -127,7 +127,7 @@ class CosineWork:
         work = cls(path)
         fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from disk
         if (work.path / "fingerprint.json").is_file():
-            held = read_json(work.path / "fingerprint.json")
+            held = {"model_dtype": "float32", **read_json(work.path / "fingerprint.json")}  # before the setting
             differ = [k for k in dict.fromkeys([*fingerprint, *held]) if held.get(k) != fingerprint.get(k)]
             if differ:
                 raise ConfigError(f"{work.path} holds the cosines of another exact pass (differs in "
@@ -179,6 +179,7 @@ class Exact(SimilarityMethod):
     batch_size: int = 16
     chunk_size: int = 256  # pool rows committed at a time
     device: str = "auto"
+    model_dtype: ModelDtype = "auto"  # the model's weights in the gradient pass (the feature math is float32)
 
     def _by_subtask_mean(self) -> bool:
         """A cosine is linear in the unit target gradient: the mean cosine of f with a subtask's examples
@@ -194,6 +195,10 @@ class Exact(SimilarityMethod):
             names = self.columns(None, target)
             return [names.index(s) for s in target.subtasks], [f"subtask {s}" for s in names]
         return list(range(len(target.refs))), [f"{r.file}:{r.line}" for r in target.refs]
+
+    def _model_dtype(self) -> str:
+        """The dtype the gradient pass runs the model in, as build's manifest names it."""
+        return str(features_dtype(pick_device(self.device), self.model_dtype)).removeprefix("torch.")
 
     def _run(self) -> tuple[Run, np.ndarray]:
         if self.run is None or self.work is None:
@@ -218,7 +223,7 @@ class Exact(SimilarityMethod):
         fingerprint = {
             "format": WORK_FORMAT, "run": run.id, "checkpoints": checkpoints, "pool": pool.file_sha256,
             "rows": len(pool.refs), "targets": {t.name: t.file_sha256 for t in targets},
-            "adam_form": self.adam_form, "max_length": self.max_length,
+            "adam_form": self.adam_form, "max_length": self.max_length, "model_dtype": self._model_dtype(),
             "columns": {t.name: n for t, n in zip(targets, names)},
         }
         work = CosineWork.open(Path(self.work), fingerprint, len(pool.refs), bounds[-1] + 1, checkpoints)
@@ -239,7 +244,7 @@ class Exact(SimilarityMethod):
         if all(done[c.path.name] == rows for c in run.checkpoints):
             return
         device = pick_device(self.device)
-        model, tokenizer = load_features_model(run, device)
+        model, tokenizer = load_features_model(run, device, self.model_dtype)
         encoder = ChatEncoder(tokenizer, self.max_length)  # the tokenizer run_encoder loads, as the model's
         bar = tqdm(total=rows * len(run.checkpoints), initial=sum(done.values()), unit="ex", desc="exact",
                    smoothing=0.1)
@@ -263,13 +268,14 @@ class Exact(SimilarityMethod):
     def settings(self) -> dict:
         run, weights = self._run()
         return {**super().settings(), "run": str(run.path), "adam_form": self.adam_form, "max_length": self.max_length,
+                "model_dtype": self._model_dtype(),
                 "checkpoint_weights": {c.path.name: float(w) for c, w in zip(run.checkpoints, weights)}}
 
     @classmethod
     def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> Exact:
         return cls(**cls.similarity_settings(config), run=config.run, work=Path(config.output) / "exact",
                    adam_form=config.adam_form, max_length=cls.token_limit(config), batch_size=config.batch_size,
-                   chunk_size=config.chunk_size, device=config.device)
+                   chunk_size=config.chunk_size, device=config.device, model_dtype=config.model_dtype)
 
     @classmethod
     def token_limit(cls, config: SelectConfig) -> int:
