@@ -6,6 +6,7 @@ and configuration checks answer at once; each stage module re-exports its own co
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -30,11 +31,11 @@ TOKEN_LIMIT = 1024  # rds's and fusion's tokens per example unless --max-length 
 
 
 RANGES = {  # a numeric setting's "range" metadata: the test its value must pass, and how to say it
-    "positive": (lambda v: v > 0, "a positive number"),
+    "positive": (lambda v: 0 < v < math.inf, "a positive number"),
     "fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "below_one": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "nonnegative": (lambda v: v >= 0, "zero or more"),
+    "nonnegative": (lambda v: 0 <= v < math.inf, "zero or more"),
 }
 
 

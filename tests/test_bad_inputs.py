@@ -5,6 +5,7 @@ the test), never a silent drop. Then damaged stores, runs and config files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -283,6 +284,36 @@ def test_settings_that_cannot_work_are_refused_before_any_work(ctx, command, fla
     assert main(argv + flags) == 2
     one_line_error(capsys, words)
     assert not (out / "run.json").exists() and not (out / "manifest.json").exists() and not (out / "summary.json").exists()
+
+
+BAD_VALUES = {"positive": ["0", "-1", "nan", "inf"], "fraction": ["0", "1.5", "nan"], "ratio": ["-0.1", "1.5", "nan"],
+              "below_one": ["-0.5", "1", "nan"], "nonnegative": ["-1", "nan", "inf"]}
+
+
+@pytest.mark.parametrize("command", ["warmup", "train", "build", "select-pool", "evaluate"])
+def test_every_numeric_flag_out_of_its_range_is_a_one_line_error(ctx, command, tmp_path, capsys):
+    """Every flag with a range in its command's config, given each kind of value outside it (and a word
+    where a number goes): exit 2, one line, nothing written."""
+    from gradsift.config import BuildConfig, EvaluateConfig, SelectConfig, TrainConfig, WarmupConfig
+
+    config = {"warmup": WarmupConfig, "train": TrainConfig, "build": BuildConfig, "select-pool": SelectConfig,
+              "evaluate": EvaluateConfig}[command]
+    out = tmp_path / "out"
+    tried = 0
+    for f in (f for f in dataclasses.fields(config) if "range" in f.metadata):
+        flag = "--" + f.name.replace("_", "-")
+        argv = commands(ctx, ctx["good"], out)[command]
+        given = [k for k, a in enumerate(argv) if a == flag]  # the command's own value of the flag, dropped
+        argv = [a for k, a in enumerate(argv) if k not in given and k - 1 not in given]
+        for value in BAD_VALUES[f.metadata["range"]] + ["many"]:
+            try:
+                code = main(argv + [flag, value])
+            except SystemExit as e:  # argparse's own refusal of a value its type cannot read: usage, then one line
+                code = e.code
+            assert code == 2, (flag, value)
+            one_line_error(capsys, flag if value != "many" else "invalid")
+            tried += 1
+    assert tried >= 8 and not out.exists()
 
 
 def test_an_output_that_is_a_file_and_a_model_without_a_tokenizer(ctx, tmp_path, capsys):
