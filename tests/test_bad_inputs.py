@@ -105,6 +105,27 @@ def test_a_bad_record_is_a_one_line_error_or_a_listed_skip(ctx, case, command, t
     assert "skipped 1 malformed record" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("form", ["save_to_disk", "parquet shards"])
+def test_a_bad_record_in_a_dataset_folder_names_its_shard_and_row(ctx, form, tmp_path, capsys):
+    """The folders of the Hugging Face formats: a record with an unknown role, in the second shard, is a one-line
+    error naming that shard and its row, or with --skip-bad-records a listed skip."""
+    records = [json.loads(line) for line in (CORPUS / "unknown_role.jsonl").read_text().splitlines()]  # bad: the third
+    folder = tmp_path / "pool"
+    if form == "save_to_disk":
+        datasets = pytest.importorskip("datasets")
+        datasets.Dataset.from_list(records[2:] + records[:2]).save_to_disk(str(folder), num_shards=2)  # bad: row 1
+        shard = sorted(folder.glob("*.arrow"))[0]
+    else:
+        write_parquet(folder / "train-00000-of-00002.parquet", records[3:])
+        shard = write_parquet(folder / "train-00001-of-00002.parquet", records[:3])  # bad: row 3
+    argv = commands(ctx, folder, tmp_path / "out")["select-pool"]
+    assert main(argv) == 2
+    error = one_line_error(capsys, str(shard.resolve()), "has role 'robot'")
+    assert main(argv + ["--skip-bad-records"]) == 0
+    listed = json.loads((tmp_path / "out" / "summary.json").read_text())["bad_records"]
+    assert len(listed) == 1 and listed[0]["file"] == str(shard.resolve()) and f":{listed[0]['line']}:" in error
+
+
 @pytest.mark.parametrize("command", COMMAND_NAMES)
 def test_an_empty_file_a_directory_and_a_missing_file_are_named(ctx, command, tmp_path, capsys):
     for data, problem in [(CORPUS / "empty.jsonl", "no records"), (tmp_path, "is a directory"),
