@@ -101,7 +101,7 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
     if len(set(names)) != len(names):
         raise ConfigError(f"targets need distinct names (target store folder names), got {names}")
     n_select = int(pool.scorable.sum()) if method.selects_all else selection_size(pool, fraction, count)
-    candidates = np.flatnonzero(pool.scorable)
+    candidates = np.flatnonzero(pool.scorable).astype(np.int32)  # row numbers: a pool holds fewer than 2^31
     selections = []
     for target, out, result in zip(targets, outputs, method.score(pool, targets)):
         if not np.isfinite(result.scores[candidates]).all():
@@ -121,8 +121,8 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
 
     ok = sel.scored
     statuses = index.status_codes()
-    ranks = np.zeros(len(index), dtype=np.int64)
-    ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
+    ranks = np.zeros(len(index), dtype=np.int32)
+    ranks[sel.ranking] = np.arange(1, len(sel.ranking) + 1, dtype=np.int32)
     names = np.asarray(result.subtasks, dtype=object)
 
     def scores_csv(start: int) -> bytes:
