@@ -47,16 +47,15 @@ class Fusion(SelectionMethod):
     target_part: Part = "prompt"  # the task as asked, not a worked answer's form (docs/methods.md)
     pool_part: Part = "prompt"
 
-    def members(self, pool: Pool) -> list[SelectionMethod]:
+    def members(self) -> list[SelectionMethod]:
         similarity = {"aggregate": self.aggregate, "chunk_rows": self.chunk_rows}
-        model = self.model or pool.store.manifest["model"]["name"]
         parts = {"target_part": self.target_part, "pool_part": self.pool_part}
         return [Less(**similarity), Bm25(**similarity, **parts),
-                Rds(**similarity, **parts, model=model, max_length=self.max_length, batch_size=self.batch_size,
-                    device=self.device)]
+                Rds(**similarity, **parts, model=self.model, max_length=self.max_length, batch_size=self.batch_size,
+                    device=self.device)]  # rds's model, unless given: the pool store's
 
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
-        members = self.members(pool)
+        members = self.members()
         ranks: list[list[np.ndarray]] = [[] for _ in targets]  # each target's member ranks, int32 per candidate
         for i, member in enumerate(members):  # one member's scores held at a time: ranked, then let go
             scored = member.score(pool, targets)
