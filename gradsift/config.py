@@ -20,7 +20,8 @@ from gradsift.utils.files import data_files, file_sha256, require_data_file
 
 AdamForm = Literal["corrected", "less"]  # gradsift.features.adam.adam_update
 ProjectionKind = Literal["dense", "sparse", "kronecker"]  # gradsift.features.projection.PROJECTORS
-Aggregate = Literal["subtask-mean-max", "mean", "max", "round-robin"]  # gradsift.selection.scoring.aggregate, round_robin
+# gradsift.selection.scoring.aggregate, round_robin
+Aggregate = Literal["subtask-mean-max", "mean", "max", "round-robin", "example-round-robin"]
 StoreDtype = Literal["float16", "int8", "bit"]  # gradsift.store.compact
 Response = Literal["full", "answer", "answer-only"]  # gradsift.data.chat.ChatEncoder
 Part = Literal["whole", "prompt", "answer"]  # gradsift.data.records.example_part
@@ -186,7 +187,11 @@ class SelectConfig(Checked):
         "range": "positive", "help": "number of examples to select (overrides --fraction)"})
     aggregate: Aggregate = field(default="subtask-mean-max", metadata={
         "help": "subtask-mean-max (paper): mean per subtask, max over subtasks; mean, max (over target examples); "
-                "round-robin: each subtask's best rows in turn"})
+                "round-robin: each subtask's best rows in turn; example-round-robin: each target example's best rows in "
+                "turn (Nayak et al., 2026)"})
+    dedup: float | None = field(default=None, metadata={
+        "range": "fraction", "help": "near-duplicate removal: pass over a row whose text shares at least this Jaccard "
+                                     "similarity (word 3-grams, MinHash) with a row already selected, e.g. 0.8"})
     fuse: Fuse = field(default="agreement", metadata={
         "help": "fusion: agreement (the median rank over the members whose top rows another member shares; one "
                 "that agrees with none is left out and named), median (of all three), mean (Borda) or rrf "

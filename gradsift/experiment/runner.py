@@ -123,7 +123,8 @@ class Experiment:
             encoder = cls.encoder(config)
             pool = Pool.from_files(c.pool, config.skip_bad_records, encoder)
             targets = [Target.from_files(t.name, t.fewshot, config.skip_bad_records, encoder) for t in c.targets]
-        run_selection(method, pool, targets, [paths[t.name] for t in targets], config.fraction, config.count)
+        run_selection(method, pool, targets, [paths[t.name] for t in targets], config.fraction, config.count,
+                      config.dedup)
         return paths
 
     # -- training and evaluation -----------------------------------------------------------------

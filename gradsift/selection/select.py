@@ -21,6 +21,7 @@ import numpy as np
 from gradsift.config import SelectConfig
 from gradsift.data.index import ROWS_AT_ONCE
 from gradsift.data.records import STATUSES, print_skips, read_records
+from gradsift.selection.dedup import Deduplicated, skip_near_duplicates
 from gradsift.selection.methods import (
     Pool,
     SelectionMethod,
@@ -83,7 +84,7 @@ def select(config: SelectConfig) -> list[Selection]:
         outputs = [output] if len(targets) == 1 else [output / t.name for t in targets]
         print_skips("select", pool.bad_records + [b for t in targets for b in t.bad_records], 0,
                     " and ".join(f"{o}/summary.json" for o in outputs))
-        return run_selection(method, pool, targets, outputs, config.fraction, config.count)
+        return run_selection(method, pool, targets, outputs, config.fraction, config.count, config.dedup)
 
 
 def selection_size(pool: Pool, fraction: float | None, count: int | None) -> int:
@@ -94,9 +95,11 @@ def selection_size(pool: Pool, fraction: float | None, count: int | None) -> int
 
 
 def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], outputs: list[Path],
-                  fraction: float | None = 0.05, count: int | None = None) -> list[Selection]:
+                  fraction: float | None = 0.05, count: int | None = None,
+                  dedup: float | None = None) -> list[Selection]:
     """Score the pool with ``method`` against every target, rank, and write each target's three files
-    into its folder of ``outputs``."""
+    into its folder of ``outputs``. With ``dedup`` (a Jaccard similarity), a row that nearly repeats one
+    selected before it gives its place to the next (``dedup.skip_near_duplicates``)."""
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ConfigError(f"targets need distinct names (target store folder names), got {names}")
@@ -107,13 +110,23 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
         if not np.isfinite(result.scores[candidates]).all():
             raise ConfigError(f"{method.name} gave a non-finite score for target {target.name}")
         ranking = candidates[top_k(result.scores[candidates], len(candidates))]
+        deduplicated = None
+        if dedup is not None and not method.selects_all:
+            deduplicated = skip_near_duplicates(ranking, pool.refs, n_select, dedup)
+            if len(ranking) - len(deduplicated.duplicates) < n_select:
+                raise ConfigError(f"cannot select {n_select} rows for target {target.name}: only "
+                                  f"{len(ranking) - len(deduplicated.duplicates)} scorable pool rows are not near "
+                                  f"duplicates of each other at --dedup {dedup:g}; lower --fraction/--count or "
+                                  "raise --dedup")
+            ranking = deduplicated.ranking
         selection = Selection(target.name, result.scores, pool.scorable, ranking, n_select, out)
-        _write(selection, method, pool, target, result)
+        _write(selection, method, pool, target, result, dedup, deduplicated)
         selections.append(selection)
     return selections
 
 
-def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, result: TargetScores) -> None:
+def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, result: TargetScores,
+           dedup: float | None = None, deduplicated: Deduplicated | None = None) -> None:
     index = pool.refs
     checksums = {"selected.jsonl": atomic_write_chunks(sel.output / "selected.jsonl", (
         b"".join(r + b"\n" for r in read_records(index.take(sel.selected[start: start + ROWS_AT_ONCE])))
@@ -175,7 +188,16 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         "bad_records": pool.bad_records + target.bad_records,
         "checksums": checksums,
     }
+    if deduplicated is not None:
+        def where(row: int) -> dict:
+            ref = index[row]
+            return {"file": ref.file, "line": ref.line, "id": ref.id}
+        summary["dedup"] = {"jaccard": dedup, "passed_over": len(deduplicated.duplicates),
+                            "duplicates": [{**where(r), "repeats": where(k)} for r, k in deduplicated.duplicates]}
     if pool.store is not None:
         summary |= {"pool_store": str(pool.store.path), "target_store": str(target.store.path),
-                    "checkpoint_weights": {c["name"]: c["weight"] for c in pool.store.checkpoints}}
+                    "checkpoint_weights": {c["name"]: c["weight"] for c in pool.store.checkpoints},
+                    # the part of each reply the stores' gradients take their loss on (build --response)
+                    "response": {"pool": pool.store.manifest.get("response"),
+                                 "target": target.store.manifest.get("response")}}
     atomic_write_json(sel.output / "summary.json", summary)

@@ -95,6 +95,7 @@ def test_scores_csv_one_row_per_pool_example(selection, data, stores):
     assert int(copy0["chars"]) == sum(len(m["content"]) for m in messages)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["selected"] == 3 and summary["pool"]["skipped"]["no_label_tokens"] == 1
+    assert summary["response"] == {"pool": "full", "target": "full"}  # what the gradients' loss covered
 
 
 def test_parquet_and_json_array_pool_selects_like_jsonl(selection, stores, run, data, tmp_path):

@@ -188,14 +188,17 @@ class SimilarityMethod(SelectionMethod):
         rows = len(pool.refs)
         columns = [self.columns(pool, t) for t in targets]
         out = [TargetScores(np.zeros(rows, np.float32), np.zeros(rows, np.int32), sorted(set(c))) for c in columns]
-        # round-robin ranks whole columns: keep every row's subtask means (rows x subtasks, small)
-        kept = [np.zeros((rows, len(set(c))), np.float32) for c in columns] if self.aggregate == "round-robin" else []
+        # a round-robin ranks whole columns: keep every row's subtask means (rows x subtasks, small), or for
+        # example-round-robin every row's similarity to each target example (rows x examples)
+        per_example = self.aggregate == "example-round-robin"
+        kept = [np.zeros((rows, len(c) if per_example else len(set(c))), np.float32) for c in columns] \
+            if self.aggregate in ("round-robin", "example-round-robin") else []
         for start, chunk in self.similarities(pool, targets):
             for k, (subtasks, sim, result) in enumerate(zip(columns, chunk, out)):
                 end, sim = start + sim.shape[0], sim.float()
                 means = subtask_means(sim, subtasks)[0]
                 if kept:
-                    kept[k][start:end] = means.numpy()
+                    kept[k][start:end] = (sim if per_example else means).numpy()
                 else:
                     result.scores[start:end] = aggregate(sim, subtasks, self.aggregate, means).numpy()
                 result.closest[start:end] = means.argmax(1).numpy()
