@@ -32,8 +32,10 @@ def shingles(text: str, n: int = SHINGLE_WORDS) -> set[bytes]:
 
 @dataclass
 class Deduplicated:
+    jaccard: float  # the threshold: a row this similar to a selected one is passed over
     ranking: np.ndarray  # the ranking with each passed-over row moved after the selection, in its order
     duplicates: list[tuple[int, int]]  # (row passed over, the selected row it nearly repeats), best first
+    kept: int  # rows selected: fewer than asked only where the ranking ran out
 
 
 def skip_near_duplicates(ranking: np.ndarray, refs: StoreIndex, count: int, jaccard: float) -> Deduplicated:
@@ -59,6 +61,6 @@ def skip_near_duplicates(ranking: np.ndarray, refs: StoreIndex, count: int, jacc
             lsh.insert(row, signature)
             signatures[row] = signature
             kept.append(row)
-    passed = np.asarray([d for d, _ in duplicates], dtype=ranking.dtype)
-    rest = ranking[np.isin(ranking, np.concatenate([np.asarray(kept, ranking.dtype), passed]), invert=True)]
-    return Deduplicated(np.concatenate([np.asarray(kept, ranking.dtype), passed, rest]), duplicates)
+    head = np.asarray(kept + [d for d, _ in duplicates], dtype=ranking.dtype)  # kept, then passed over
+    rest = ranking[np.isin(ranking, head, invert=True)]
+    return Deduplicated(jaccard, np.concatenate([head, rest]), duplicates, len(kept))

@@ -46,6 +46,10 @@ def subtask_means(similarity: torch.Tensor, subtasks: list[str]) -> tuple[torch.
     return sums / counts, names
 
 
+SUBTASK_MEAN_AGGREGATES = ("subtask-mean-max", "round-robin")  # they read a row's subtask means only
+ROUND_ROBINS = ("round-robin", "example-round-robin")  # they rank whole columns (``round_robin``)
+
+
 def aggregate(similarity: torch.Tensor, subtasks: list[str], how: Aggregate = "subtask-mean-max",
               means: torch.Tensor | None = None) -> torch.Tensor:
     """One score per pool row from its similarities to every target example.

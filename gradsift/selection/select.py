@@ -113,20 +113,19 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
         deduplicated = None
         if dedup is not None and not method.selects_all:
             deduplicated = skip_near_duplicates(ranking, pool.refs, n_select, dedup)
-            if len(ranking) - len(deduplicated.duplicates) < n_select:
+            if deduplicated.kept < n_select:
                 raise ConfigError(f"cannot select {n_select} rows for target {target.name}: only "
-                                  f"{len(ranking) - len(deduplicated.duplicates)} scorable pool rows are not near "
-                                  f"duplicates of each other at --dedup {dedup:g}; lower --fraction/--count or "
-                                  "raise --dedup")
+                                  f"{deduplicated.kept} scorable pool rows are not near duplicates of each other at "
+                                  f"--dedup {dedup:g}; lower --fraction/--count or raise --dedup")
             ranking = deduplicated.ranking
         selection = Selection(target.name, result.scores, pool.scorable, ranking, n_select, out)
-        _write(selection, method, pool, target, result, dedup, deduplicated)
+        _write(selection, method, pool, target, result, deduplicated)
         selections.append(selection)
     return selections
 
 
 def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, result: TargetScores,
-           dedup: float | None = None, deduplicated: Deduplicated | None = None) -> None:
+           deduplicated: Deduplicated | None = None) -> None:
     index = pool.refs
     checksums = {"selected.jsonl": atomic_write_chunks(sel.output / "selected.jsonl", (
         b"".join(r + b"\n" for r in read_records(index.take(sel.selected[start: start + ROWS_AT_ONCE])))
@@ -192,7 +191,7 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
         def where(row: int) -> dict:
             ref = index[row]
             return {"file": ref.file, "line": ref.line, "id": ref.id}
-        summary["dedup"] = {"jaccard": dedup, "passed_over": len(deduplicated.duplicates),
+        summary["dedup"] = {"jaccard": deduplicated.jaccard, "passed_over": len(deduplicated.duplicates),
                             "duplicates": [{**where(r), "repeats": where(k)} for r, k in deduplicated.duplicates]}
     if pool.store is not None:
         summary |= {"pool_store": str(pool.store.path), "target_store": str(target.store.path),

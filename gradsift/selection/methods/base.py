@@ -24,7 +24,7 @@ from gradsift.config import TOKEN_LIMIT, SelectConfig
 from gradsift.data.chat import ChatEncoder
 from gradsift.data.index import StoreIndex, index_examples
 from gradsift.data.records import ExampleRef
-from gradsift.selection.scoring import Aggregate, aggregate, round_robin, subtask_means
+from gradsift.selection.scoring import ROUND_ROBINS, Aggregate, aggregate, round_robin, subtask_means
 from gradsift.store.datastore import GradientStore
 from gradsift.utils.errors import ConfigError
 
@@ -192,7 +192,7 @@ class SimilarityMethod(SelectionMethod):
         # example-round-robin every row's similarity to each target example (rows x examples)
         per_example = self.aggregate == "example-round-robin"
         kept = [np.zeros((rows, len(c) if per_example else len(set(c))), np.float32) for c in columns] \
-            if self.aggregate in ("round-robin", "example-round-robin") else []
+            if self.aggregate in ROUND_ROBINS else []
         for start, chunk in self.similarities(pool, targets):
             for k, (subtasks, sim, result) in enumerate(zip(columns, chunk, out)):
                 end, sim = start + sim.shape[0], sim.float()

@@ -36,7 +36,7 @@ from gradsift.features.adam import normalize_rows
 from gradsift.features.engine import chunk_features, features_dtype, load_features_model, open_run, use_checkpoint
 from gradsift.features.gradients import PerExampleGradients
 from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
-from gradsift.selection.scoring import checkpoint_weights
+from gradsift.selection.scoring import SUBTASK_MEAN_AGGREGATES, checkpoint_weights
 from gradsift.training.run import Run
 from gradsift.utils.errors import ConfigError
 from gradsift.utils.faults import stop_point
@@ -44,7 +44,6 @@ from gradsift.utils.files import atomic_write_json, read_json
 from gradsift.utils.models import load_tokenizer, pick_device
 
 WORK_FORMAT = 1
-SUBTASK_MEAN_AGGREGATES = ("subtask-mean-max", "round-robin")  # they read a row's subtask means only
 
 
 def run_encoder(run: Path | None, max_length: int) -> ChatEncoder:

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gradsift.selection.methods.base import Pool, SimilarityMethod, Target, register
-from gradsift.selection.scoring import checkpoint_weights, subtask_mean_rows, weighted_similarity
+from gradsift.selection.scoring import SUBTASK_MEAN_AGGREGATES, checkpoint_weights, subtask_mean_rows, weighted_similarity
 from gradsift.store.compact import as_signs, sign_cosine
 from gradsift.utils.errors import ConfigError
 
@@ -35,7 +35,7 @@ class Less(SimilarityMethod):
         """A cosine is linear in the target row, so the mean cosine with a subtask's examples is the dot
         product with their mean row: one column per subtask instead of one per example (300 targets
         in 3 subtasks: 100x fewer operations). Not for sign estimates, which are not linear."""
-        return self.aggregate in ("subtask-mean-max", "round-robin") and not self._signs(pool, targets)
+        return self.aggregate in SUBTASK_MEAN_AGGREGATES and not self._signs(pool, targets)
 
     def columns(self, pool: Pool, target: Target) -> list[str]:
         return sorted(set(target.subtasks)) if self._by_subtask_mean(pool, [target]) else target.subtasks
