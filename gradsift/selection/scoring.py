@@ -123,20 +123,23 @@ def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "me
 FUSE_ROWS = 1 << 20  # candidates fused at a time: float64 work arrays of a few MiB, whatever the pool
 
 
-def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
+def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "median", k: int = 60,
+                      trust: tuple[int, ...] | None = None) -> np.ndarray:
     """One score per row from several methods' ranks r (``member_ranks``: 0 = best, one column per candidate).
 
     ``median``: the median rank, ties broken by the mean rank: a row needs most methods to rank it
     high, so one method's outliers cannot place it. ``agreement``: the median over the members that
     agree (``agreeing``): a member whose top rows the others do not share is left out, so it cannot
-    lift its own picks past the others' middle ranks. ``mean``: the mean rank (Borda). ``rrf``:
+    lift its own picks past the others' middle ranks. ``lead``: the ranking of the first agreeing member
+    in ``trust`` order (default: row order); the others only vouch for it. ``mean``: the mean rank (Borda). ``rrf``:
     reciprocal rank fusion, sum 1 / (k + r + 1) (Cormack et al., 2009). The score is the number of
     candidates minus the row's fused rank (whole numbers, exact in float32 up to 16M rows): higher is
     better; rows outside ``candidates`` score 0. Computed in float64, FUSE_ROWS candidates at a time."""
     n = int(candidates.sum())
-    if how == "agreement":
-        ranks = ranks[agreeing(ranks)[0]]
-    if how not in ("rrf", "mean", "median", "agreement"):
+    if how in ("agreement", "lead"):
+        kept = agreeing(ranks)[0]
+        ranks = ranks[[next(i for i in (trust or range(len(ranks))) if i in kept)]] if how == "lead" else ranks[kept]
+    if how not in ("rrf", "mean", "median", "agreement", "lead"):
         raise ValueError(f"unknown rank fusion {how!r}")
     fused = np.empty(n)
     for start in range(0, n, FUSE_ROWS):

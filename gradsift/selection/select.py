@@ -52,7 +52,10 @@ class Selection:
 
 def make_method(config: SelectConfig, labels: dict[str, set[str]] | None = None) -> SelectionMethod:
     """The configured method, with the settings it uses."""
-    return method_class(config.method).from_config(config, labels)
+    cls = method_class(config.method)
+    if config.dedup is not None and cls.selects_all:
+        raise ConfigError(f"--dedup walks a ranking, and --method {config.method} selects the whole pool: drop --dedup")
+    return cls.from_config(config, labels)
 
 
 def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
@@ -111,7 +114,7 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
             raise ConfigError(f"{method.name} gave a non-finite score for target {target.name}")
         ranking = candidates[top_k(result.scores[candidates], len(candidates))]
         deduplicated = None
-        if dedup is not None and not method.selects_all:
+        if dedup is not None:
             deduplicated = skip_near_duplicates(ranking, pool.refs, n_select, dedup)
             if deduplicated.kept < n_select:
                 raise ConfigError(f"cannot select {n_select} rows for target {target.name}: only "

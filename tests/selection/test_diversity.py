@@ -102,6 +102,8 @@ def test_dedup_that_leaves_too_few_rows_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match=r"only 1 scorable pool rows are not near duplicates .* --dedup 0\.9"):
         select(SelectConfig(method="bm25", pool=[pool], target=[target], output=tmp_path / "o", count=2, dedup=0.9))
     assert not (tmp_path / "o" / "selected.jsonl").exists()
+    with pytest.raises(ConfigError, match="--method full selects the whole pool: drop --dedup"):
+        select(SelectConfig(method="full", pool=[pool], target=[target], output=tmp_path / "f", dedup=0.9))
 
 
 @dataclass

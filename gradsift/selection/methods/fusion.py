@@ -29,6 +29,8 @@ from gradsift.selection.methods.less import Less
 from gradsift.selection.methods.rds import Rds
 from gradsift.selection.scoring import AGREEMENT_SHARE, agreeing, candidate_ranks, fuse_member_ranks
 
+TRUST = (1, 2, 0)  # --fuse lead: bm25, then rds, then less leads (members() order: less, bm25, rds)
+
 
 @register
 @dataclass
@@ -68,9 +70,9 @@ class Fusion(SelectionMethod):
         for k, target in enumerate(targets):
             stacked = np.stack(ranks[k])  # ranked once, for both uses
             ranks[k] = []
-            if self.fuse == "agreement":
+            if self.fuse in ("agreement", "lead"):
                 print_agreement(target.name, [m.name for m in members], stacked)
-            fused.append(TargetScores(fuse_member_ranks(stacked, pool.scorable, self.fuse), *nearest[k]))
+            fused.append(TargetScores(fuse_member_ranks(stacked, pool.scorable, self.fuse, trust=TRUST), *nearest[k]))
         return fused
 
     def settings(self) -> dict:
