@@ -396,6 +396,27 @@ def test_agreement_leaves_out_the_member_no_other_agrees_with():
     assert agreeing(member_ranks(apart, candidates))[0] == [0, 1, 2]
 
 
+def test_zscore_sums_the_agreeing_members_standardized_scores():
+    """``zscore`` ranks rows by the sum, over the members that agree, of (score - mean) / std computed
+    here by hand: a member whose top rows stand far out outweighs one whose scores are flat, where the
+    median of ranks would split the difference; a member no other agrees with adds nothing."""
+    n = 200
+    rng = np.random.default_rng(1)
+    peaked = rng.normal(size=n)
+    peaked[:10] += 20  # ten rows far above the rest
+    flat = peaked * 0.1 + rng.normal(size=n)  # agrees loosely, no row stands out
+    flat[10:20] += 2.5  # its own top rows
+    apart = -peaked  # agrees with neither
+    candidates = np.ones(n, bool)
+    fused = fuse_ranks([peaked, flat, apart], candidates, "zscore")
+    z = sum((s - s.mean()) / s.std() for s in (peaked, flat))
+    assert np.array_equal(top_k(fused, n), top_k(z, n))
+    assert set(top_k(fused, 10)) == set(range(10))
+    assert set(top_k(fuse_ranks([peaked, flat], candidates, "median"), 10)) != set(range(10))
+    with pytest.raises(ValueError, match="standardized scores"):
+        fuse_member_ranks(member_ranks([peaked, flat], candidates), candidates, "zscore")
+
+
 def test_lead_takes_the_first_agreeing_member_in_trust_order():
     """``lead`` ranks rows exactly as the first member of the trust order that agrees with another: the
     third member, first in trust but shared by no other, is passed over; with no trust order, row order."""
