@@ -26,7 +26,7 @@ StoreDtype = Literal["float16", "int8", "bit"]  # gradsift.store.compact
 Response = Literal["full", "answer", "answer-only"]  # gradsift.data.chat.ChatEncoder
 Part = Literal["whole", "prompt", "answer"]  # gradsift.data.records.example_part
 ModelDtype = Literal["auto", "float32", "bfloat16"]  # gradsift.features.engine.features_dtype
-Fuse = Literal["median", "agreement", "lead", "zscore", "mean", "rrf"]  # gradsift.selection.scoring.fuse_ranks
+Fuse = Literal["zscore", "agreement", "median", "mean", "rrf"]  # gradsift.selection.scoring.fuse_ranks
 
 TOKEN_LIMIT = 1024  # rds's and fusion's tokens per example unless --max-length says otherwise, and the stored embeddings'
 
@@ -193,10 +193,9 @@ class SelectConfig(Checked):
         "range": "fraction", "help": "near-duplicate removal: pass over a row whose text shares at least this Jaccard "
                                      "similarity (word 3-grams, MinHash) with a row already selected, e.g. 0.8"})
     fuse: Fuse = field(default="agreement", metadata={
-        "help": "fusion: agreement (the median rank over the members whose top rows another member shares; one "
-                "that agrees with none is left out and named), lead (the ranking of the first agreeing member of bm25, rds, "
-                "less), zscore (the sum of the agreeing members' standardized scores: a member whose top rows stand out "
-                "weighs more), median (of all three), mean (Borda) or rrf "
+        "help": "fusion: over the members whose top rows another member shares (one that agrees with none is left "
+                "out and named), zscore sums their standardized scores (a member whose top rows stand out weighs "
+                "more) and agreement takes their median rank; median (of all three), mean (Borda) or rrf "
                 "(reciprocal rank)"})
     target_part: Part = field(default="prompt", metadata={
         "help": "bm25, rds (and fusion's bm25 and rds): which part of each target example they read: whole, prompt "

@@ -122,25 +122,23 @@ def standardized(scores: np.ndarray) -> np.ndarray:
     return ((scores - mean) / std if std > 0 else np.zeros(len(scores))).astype(np.float32)
 
 
-def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "median", k: int = 60,
-               trust: tuple[int, ...] | None = None) -> np.ndarray:
+def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
     """One score per row from several methods' scores, through each method's ranks (``fuse_member_ranks``)."""
     z = np.stack([standardized(s[candidates]) for s in scores]) if how == "zscore" else None
-    return fuse_member_ranks(member_ranks(scores, candidates), candidates, how, k, trust, z)
+    return fuse_member_ranks(member_ranks(scores, candidates), candidates, how, k, z)
 
 
 FUSE_ROWS = 1 << 20  # candidates fused at a time: float64 work arrays of a few MiB, whatever the pool
 
 
 def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "median", k: int = 60,
-                      trust: tuple[int, ...] | None = None, z: np.ndarray | None = None) -> np.ndarray:
+                      z: np.ndarray | None = None) -> np.ndarray:
     """One score per row from several methods' ranks r (``member_ranks``: 0 = best, one column per candidate).
 
     ``median``: the median rank, ties broken by the mean rank: a row needs most methods to rank it
     high, so one method's outliers cannot place it. ``agreement``: the median over the members that
     agree (``agreeing``): a member whose top rows the others do not share is left out, so it cannot
-    lift its own picks past the others' middle ranks. ``lead``: the ranking of the first agreeing member
-    in ``trust`` order (default: row order); the others only vouch for it. ``zscore``: the sum of the
+    lift its own picks past the others' middle ranks. ``zscore``: the sum of the
     agreeing members' standardized scores ``z`` (``standardized``, one row per member; Montague & Aslam,
     2001): a member whose top rows stand far above its other rows weighs more on that target than one
     whose scores are flat. ``mean``: the mean rank (Borda). ``rrf``:
@@ -148,11 +146,11 @@ def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "me
     candidates minus the row's fused rank (whole numbers, exact in float32 up to 16M rows): higher is
     better; rows outside ``candidates`` score 0. Computed in float64, FUSE_ROWS candidates at a time."""
     n = int(candidates.sum())
-    if how not in ("rrf", "mean", "median", "agreement", "lead", "zscore"):
+    if how not in ("rrf", "mean", "median", "agreement", "zscore"):
         raise ValueError(f"unknown rank fusion {how!r}")
-    if how in ("agreement", "lead", "zscore"):
+    if how in ("agreement", "zscore"):
         kept = agreeing(ranks)[0]
-        ranks = ranks[[next(i for i in (trust or range(len(ranks))) if i in kept)]] if how == "lead" else ranks[kept]
+        ranks = ranks[kept]
         if how == "zscore":
             if z is None:
                 raise ValueError("zscore fusion needs the members' standardized scores")

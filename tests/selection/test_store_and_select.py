@@ -417,23 +417,6 @@ def test_zscore_sums_the_agreeing_members_standardized_scores():
         fuse_member_ranks(member_ranks([peaked, flat], candidates), candidates, "zscore")
 
 
-def test_lead_takes_the_first_agreeing_member_in_trust_order():
-    """``lead`` ranks rows exactly as the first member of the trust order that agrees with another: the
-    third member, first in trust but shared by no other, is passed over; with no trust order, row order."""
-    n = 100
-    rng = np.random.default_rng(0)
-    first = rng.permutation(n).astype(np.float32)
-    second = first.copy()
-    second[[0, 1]] = second[[1, 0]]  # all but two rows in the same order: the two agree
-    third = -first  # its top rows are the others' bottom rows
-    candidates = np.ones(n, bool)
-    ranks = member_ranks([first, second, third], candidates)
-    assert agreeing(ranks)[0] == [0, 1]
-    for trust, leader in (((2, 1, 0), second), ((2, 0, 1), first), (None, first)):
-        lead = fuse_member_ranks(ranks, candidates, "lead", trust=trust)
-        assert np.array_equal(top_k(lead, n), top_k(leader, n))
-
-
 def test_fusion_is_the_agreeing_median_rank_of_less_bm25_and_rds(stores, tmp_path):
     pool, target = stores
     out = tmp_path / "fusion"

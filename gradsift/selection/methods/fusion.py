@@ -29,8 +29,6 @@ from gradsift.selection.methods.less import Less
 from gradsift.selection.methods.rds import Rds
 from gradsift.selection.scoring import AGREEMENT_SHARE, agreeing, candidate_ranks, fuse_member_ranks, standardized
 
-TRUST = (1, 2, 0)  # --fuse lead: bm25, then rds, then less leads (members() order: less, bm25, rds)
-
 
 @register
 @dataclass
@@ -74,9 +72,9 @@ class Fusion(SelectionMethod):
             stacked = np.stack(ranks[k])  # ranked once, for both uses
             values = np.stack(z[k]) if z[k] else None
             ranks[k], z[k] = [], []
-            if self.fuse in ("agreement", "lead", "zscore"):
+            if self.fuse in ("agreement", "zscore"):
                 print_agreement(target.name, [m.name for m in members], stacked)
-            fused.append(TargetScores(fuse_member_ranks(stacked, pool.scorable, self.fuse, trust=TRUST, z=values),
+            fused.append(TargetScores(fuse_member_ranks(stacked, pool.scorable, self.fuse, z=values),
                                       *nearest[k]))
         return fused
 
