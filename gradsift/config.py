@@ -192,7 +192,7 @@ class SelectConfig(Checked):
     dedup: float | None = field(default=None, metadata={
         "range": "fraction", "help": "near-duplicate removal: pass over a row whose text shares at least this Jaccard "
                                      "similarity (word 3-grams, MinHash) with a row already selected, e.g. 0.8"})
-    fuse: Fuse = field(default="agreement", metadata={
+    fuse: Fuse = field(default="zscore", metadata={
         "help": "fusion: over the members whose top rows another member shares (one that agrees with none is left "
                 "out and named), zscore sums their standardized scores (a member whose top rows stand out weighs "
                 "more) and agreement takes their median rank; median (of all three), mean (Borda) or rrf "

@@ -417,7 +417,7 @@ def test_zscore_sums_the_agreeing_members_standardized_scores():
         fuse_member_ranks(member_ranks([peaked, flat], candidates), candidates, "zscore")
 
 
-def test_fusion_is_the_agreeing_median_rank_of_less_bm25_and_rds(stores, tmp_path):
+def test_fusion_sums_the_agreeing_standardized_scores_of_less_bm25_and_rds(stores, tmp_path):
     pool, target = stores
     out = tmp_path / "fusion"
     (fused,) = select(SelectConfig(train_store=pool.path, target_store=[target.path], output=out, count=3,
@@ -430,10 +430,10 @@ def test_fusion_is_the_agreeing_median_rank_of_less_bm25_and_rds(stores, tmp_pat
         (members[method],) = select(SelectConfig(method=method, output=tmp_path / method, count=3,
                                                  max_length=MAX_LENGTH, device="cpu", **files))
     ok = fused.scored
-    expected = fuse_ranks([np.where(ok, m.scores, 0) for m in members.values()], ok, "agreement")
+    expected = fuse_ranks([np.where(ok, m.scores, 0) for m in members.values()], ok, "zscore")
     assert np.array_equal(fused.scores[ok], expected[ok])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "fusion" and summary["method_settings"]["fuse"] == "agreement"
+    assert summary["method"] == "fusion" and summary["method_settings"]["fuse"] == "zscore"
     assert summary["method_settings"]["target_part"] == summary["method_settings"]["pool_part"] == "prompt"
 
 

@@ -1,13 +1,14 @@
-"""gradsift's default selection: the ranks of three scores of different kinds, fused.
+"""gradsift's default selection: three scores of different kinds, fused over the members that agree.
 
 LESS (gradients), BM25 (words) and RDS (hidden states) fail in different places: gradient similarity
 follows the answer's form (a worked target draws worked or merely short answers of unrelated skills),
-words miss what is phrased differently, and hidden states blur near topics. Each pool row's fused
-score comes from its rank under each method (``scoring.fuse_member_ranks``), so a row one method alone puts
-first does not make the cut, and no method's score scale dominates another's. By default the median
-is taken over the members that agree (``scoring.agreeing``): a member whose top rows no other member
-shares, such as LESS drawn to worked answers by worked targets, is left out for that target, and a
-line says so.
+words miss what is phrased differently, and hidden states blur near topics. First, a member whose top
+rows no other member shares (``scoring.agreeing``), such as LESS drawn to worked answers by worked
+targets, is left out for that target, and a line says so. Then (``--fuse zscore``, the default) each
+pool row's score is the sum of the kept members' standardized scores (``scoring.standardized``): a
+member whose top rows stand far above its other rows weighs more on that target than one whose scores
+are flat, as BM25 does where the target's words pick out its records and does not where they are
+restated. ``--fuse agreement`` takes the kept members' median rank instead (``scoring.fuse_member_ranks``).
 
 Inputs are the gradient stores LESS reads: their rows point at the records the other two read. BM25
 reads a store's lexical index and RDS its stored embeddings (of the store's own model unless ``model``
@@ -38,7 +39,7 @@ class Fusion(SelectionMethod):
     reads_run: ClassVar[bool] = True
     reads_model: ClassVar[bool] = True
     aggregate: Aggregate = "subtask-mean-max"
-    fuse: Fuse = "agreement"  # a member no other agrees with cannot place rows (scoring.agreeing)
+    fuse: Fuse = "zscore"  # over the members that agree (scoring.agreeing), their standardized scores summed
     model: str = ""  # rds's model; default: the pool store's
     max_length: int = TOKEN_LIMIT
     batch_size: int = 16
