@@ -33,7 +33,7 @@ from gradsift.store.datastore import GradientStore
 from gradsift.utils.files import atomic_write_bytes
 
 MEMBERS = ("less", "bm25", "rds")
-RULES = ("agreement", "median", "mean", "rrf")
+RULES = ("zscore", "agreement", "median", "mean", "rrf")
 
 
 def agreement_weighted(scores: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
