@@ -124,8 +124,10 @@ def standardized(scores: np.ndarray) -> np.ndarray:
 
 def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
     """One score per row from several methods' scores, through each method's ranks (``fuse_member_ranks``)."""
-    z = np.stack([standardized(s[candidates]) for s in scores]) if how == "zscore" else None
-    return fuse_member_ranks(member_ranks(scores, candidates), candidates, how, k, z)
+    if how != "zscore":
+        return fuse_member_ranks(member_ranks(scores, candidates), candidates, how, k)
+    z = np.stack([standardized(s[candidates]) for s in scores])  # ranked from z, as fusion keeps only z
+    return fuse_member_ranks(member_ranks(list(z), np.ones(z.shape[1], bool)), candidates, how, k, z)
 
 
 FUSE_ROWS = 1 << 20  # candidates fused at a time: float64 work arrays of a few MiB, whatever the pool

@@ -28,7 +28,14 @@ from gradsift.selection.methods.base import Pool, SelectionMethod, SimilarityMet
 from gradsift.selection.methods.bm25 import Bm25
 from gradsift.selection.methods.less import Less
 from gradsift.selection.methods.rds import Rds
-from gradsift.selection.scoring import AGREEMENT_SHARE, agreeing, candidate_ranks, fuse_member_ranks, standardized
+from gradsift.selection.scoring import (
+    AGREEMENT_SHARE,
+    agreeing,
+    candidate_ranks,
+    fuse_member_ranks,
+    member_ranks,
+    standardized,
+)
 
 
 @register
@@ -57,26 +64,27 @@ class Fusion(SelectionMethod):
 
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
         members = self.members()
-        ranks: list[list[np.ndarray]] = [[] for _ in targets]  # each target's member ranks, int32 per candidate
-        z: list[list[np.ndarray]] = [[] for _ in targets]  # --fuse zscore: their standardized scores, float32
-        for i, member in enumerate(members):  # one member's scores held at a time: ranked, then let go
+        # per target and member, 4 bytes a candidate: standardized scores (zscore) or ranks (the other rules)
+        kept: list[list[np.ndarray]] = [[] for _ in targets]
+        for i, member in enumerate(members):  # one member's scores held at a time, then let go
             scored = member.score(pool, targets)
             if i == 0:
                 nearest = [(s.closest, s.subtasks) for s in scored]  # the subtask a row is closest to, by its gradient
             for k, result in enumerate(scored):
-                ranks[k].append(candidate_ranks(result.scores, pool.scorable))
-                if self.fuse == "zscore":
-                    z[k].append(standardized(result.scores[pool.scorable]))
+                kept[k].append(standardized(result.scores[pool.scorable]) if self.fuse == "zscore"
+                               else candidate_ranks(result.scores, pool.scorable))
             del scored
         fused = []
         for k, target in enumerate(targets):
-            stacked = np.stack(ranks[k])  # ranked once, for both uses
-            values = np.stack(z[k]) if z[k] else None
-            ranks[k], z[k] = [], []
+            values = np.stack(kept[k]) if self.fuse == "zscore" else None
+            stacked = member_ranks(list(values), np.ones(values.shape[1], bool)) if values is not None \
+                else np.stack(kept[k])  # ranked once, for both uses
+            kept[k] = []
             if self.fuse in ("agreement", "zscore"):
                 print_agreement(target.name, [m.name for m in members], stacked)
             fused.append(TargetScores(fuse_member_ranks(stacked, pool.scorable, self.fuse, z=values),
                                       *nearest[k]))
+            del values, stacked
         return fused
 
     def settings(self) -> dict:
