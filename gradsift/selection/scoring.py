@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import get_args
 
 import numpy as np
 import torch
@@ -115,6 +116,14 @@ def member_ranks(scores: list[np.ndarray], candidates: np.ndarray) -> np.ndarray
     return np.stack([candidate_ranks(s, candidates) for s in scores])
 
 
+def candidate_rows_ranks(values: np.ndarray) -> np.ndarray:
+    """``member_ranks`` of per-member values already restricted to the candidates (members x candidates)."""
+    return member_ranks(list(values), np.ones(values.shape[1], bool))
+
+
+GATED_FUSES = ("agreement", "zscore")  # rules that first leave out a member no other agrees with (``agreeing``)
+
+
 def standardized(scores: np.ndarray) -> np.ndarray:
     """float32 z-scores of one method's candidate scores: minus their mean, over their standard deviation
     (both in float64). A method that scores every row alike gives zeros: it cannot place a row."""
@@ -127,7 +136,7 @@ def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "me
     if how != "zscore":
         return fuse_member_ranks(member_ranks(scores, candidates), candidates, how, k)
     z = np.stack([standardized(s[candidates]) for s in scores])  # ranked from z, as fusion keeps only z
-    return fuse_member_ranks(member_ranks(list(z), np.ones(z.shape[1], bool)), candidates, how, k, z)
+    return fuse_member_ranks(candidate_rows_ranks(z), candidates, how, k, z)
 
 
 FUSE_ROWS = 1 << 20  # candidates fused at a time: float64 work arrays of a few MiB, whatever the pool
@@ -148,9 +157,9 @@ def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "me
     candidates minus the row's fused rank (whole numbers, exact in float32 up to 16M rows): higher is
     better; rows outside ``candidates`` score 0. Computed in float64, FUSE_ROWS candidates at a time."""
     n = int(candidates.sum())
-    if how not in ("rrf", "mean", "median", "agreement", "zscore"):
+    if how not in get_args(Fuse):
         raise ValueError(f"unknown rank fusion {how!r}")
-    if how in ("agreement", "zscore"):
+    if how in GATED_FUSES:
         kept = agreeing(ranks)[0]
         ranks = ranks[kept]
         if how == "zscore":
@@ -159,10 +168,11 @@ def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "me
             z = z[kept]
     fused = np.empty(n)
     for start in range(0, n, FUSE_ROWS):
-        r = ranks[:, start: start + FUSE_ROWS].astype(np.float64)
         if how == "zscore":
             fused[start: start + FUSE_ROWS] = z[:, start: start + FUSE_ROWS].astype(np.float64).sum(0)
-        elif how == "rrf":
+            continue
+        r = ranks[:, start: start + FUSE_ROWS].astype(np.float64)
+        if how == "rrf":
             fused[start: start + FUSE_ROWS] = (1.0 / (k + r + 1)).sum(0)
         elif how == "mean":
             fused[start: start + FUSE_ROWS] = -r.mean(0)

@@ -30,10 +30,11 @@ from gradsift.selection.methods.less import Less
 from gradsift.selection.methods.rds import Rds
 from gradsift.selection.scoring import (
     AGREEMENT_SHARE,
+    GATED_FUSES,
     agreeing,
     candidate_ranks,
+    candidate_rows_ranks,
     fuse_member_ranks,
-    member_ranks,
     standardized,
 )
 
@@ -77,10 +78,9 @@ class Fusion(SelectionMethod):
         fused = []
         for k, target in enumerate(targets):
             values = np.stack(kept[k]) if self.fuse == "zscore" else None
-            stacked = member_ranks(list(values), np.ones(values.shape[1], bool)) if values is not None \
-                else np.stack(kept[k])  # ranked once, for both uses
+            stacked = candidate_rows_ranks(values) if values is not None else np.stack(kept[k])  # for both uses
             kept[k] = []
-            if self.fuse in ("agreement", "zscore"):
+            if self.fuse in GATED_FUSES:
                 print_agreement(target.name, [m.name for m in members], stacked)
             fused.append(TargetScores(fuse_member_ranks(stacked, pool.scorable, self.fuse, z=values),
                                       *nearest[k]))
