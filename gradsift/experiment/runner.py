@@ -124,7 +124,7 @@ class Experiment:
             pool = Pool.from_files(c.pool, config.skip_bad_records, encoder)
             targets = [Target.from_files(t.name, t.fewshot, config.skip_bad_records, encoder) for t in c.targets]
         run_selection(method, pool, targets, [paths[t.name] for t in targets], config.fraction, config.count,
-                      config.dedup)
+                      config.dedup, config.balance)
         return paths
 
     # -- training and evaluation -----------------------------------------------------------------

@@ -21,6 +21,7 @@ import numpy as np
 from gradsift.config import SelectConfig
 from gradsift.data.index import ROWS_AT_ONCE
 from gradsift.data.records import STATUSES, print_skips, read_records
+from gradsift.selection.balance import Balanced, balance_answers
 from gradsift.selection.dedup import Deduplicated, skip_near_duplicates
 from gradsift.selection.methods import (
     Pool,
@@ -53,8 +54,9 @@ class Selection:
 def make_method(config: SelectConfig, labels: dict[str, set[str]] | None = None) -> SelectionMethod:
     """The configured method, with the settings it uses."""
     cls = method_class(config.method)
-    if config.dedup is not None and cls.selects_all:
-        raise ConfigError(f"--dedup walks a ranking, and --method {config.method} selects the whole pool: drop --dedup")
+    for flag, given in (("--dedup", config.dedup is not None), ("--balance", config.balance)):
+        if given and cls.selects_all:
+            raise ConfigError(f"{flag} walks a ranking, and --method {config.method} selects the whole pool: drop {flag}")
     return cls.from_config(config, labels)
 
 
@@ -87,7 +89,8 @@ def select(config: SelectConfig) -> list[Selection]:
         outputs = [output] if len(targets) == 1 else [output / t.name for t in targets]
         print_skips("select", pool.bad_records + [b for t in targets for b in t.bad_records], 0,
                     " and ".join(f"{o}/summary.json" for o in outputs))
-        return run_selection(method, pool, targets, outputs, config.fraction, config.count, config.dedup)
+        return run_selection(method, pool, targets, outputs, config.fraction, config.count, config.dedup,
+                             config.balance)
 
 
 def selection_size(pool: Pool, fraction: float | None, count: int | None) -> int:
@@ -99,10 +102,11 @@ def selection_size(pool: Pool, fraction: float | None, count: int | None) -> int
 
 def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], outputs: list[Path],
                   fraction: float | None = 0.05, count: int | None = None,
-                  dedup: float | None = None) -> list[Selection]:
+                  dedup: float | None = None, balance: bool = False) -> list[Selection]:
     """Score the pool with ``method`` against every target, rank, and write each target's three files
     into its folder of ``outputs``. With ``dedup`` (a Jaccard similarity), a row that nearly repeats one
-    selected before it gives its place to the next (``dedup.skip_near_duplicates``)."""
+    selected before it gives its place to the next (``dedup.skip_near_duplicates``); with ``balance``,
+    labels among the selected answers get equal shares (``balance.balance_answers``)."""
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ConfigError(f"targets need distinct names (target store folder names), got {names}")
@@ -121,14 +125,17 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
                                   f"{deduplicated.kept} scorable pool rows are not near duplicates of each other at "
                                   f"--dedup {dedup:g}; lower --fraction/--count or raise --dedup")
             ranking = deduplicated.ranking
+        balanced = balance_answers(ranking, pool.refs, n_select) if balance else None
+        if balanced is not None:
+            ranking = balanced.ranking
         selection = Selection(target.name, result.scores, pool.scorable, ranking, n_select, out)
-        _write(selection, method, pool, target, result, deduplicated)
+        _write(selection, method, pool, target, result, deduplicated, balanced)
         selections.append(selection)
     return selections
 
 
 def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, result: TargetScores,
-           deduplicated: Deduplicated | None = None) -> None:
+           deduplicated: Deduplicated | None = None, balanced: Balanced | None = None) -> None:
     index = pool.refs
     checksums = {"selected.jsonl": atomic_write_chunks(sel.output / "selected.jsonl", (
         b"".join(r + b"\n" for r in read_records(index.take(sel.selected[start: start + ROWS_AT_ONCE])))
@@ -196,6 +203,8 @@ def _write(sel: Selection, method: SelectionMethod, pool: Pool, target: Target, 
             return {"file": ref.file, "line": ref.line, "id": ref.id}
         summary["dedup"] = {"jaccard": deduplicated.jaccard, "passed_over": len(deduplicated.duplicates),
                             "duplicates": [{**where(r), "repeats": where(k)} for r, k in deduplicated.duplicates]}
+    if balanced is not None:  # each label's rows in the top before balancing and in the selection
+        summary["balance"] = {label: {"before": b, "selected": a} for label, (b, a) in balanced.labels.items()}
     if pool.store is not None:
         summary |= {"pool_store": str(pool.store.path), "target_store": str(target.store.path),
                     "checkpoint_weights": {c["name"]: c["weight"] for c in pool.store.checkpoints},

@@ -1,6 +1,6 @@
 """Diversity within a selection: near-duplicate removal (``--dedup``) against exact Jaccard similarities
-computed here, and the per-target-example round-robin (``--aggregate example-round-robin``) against a
-round-robin walked by hand."""
+computed here, the per-target-example round-robin (``--aggregate example-round-robin``) against a
+round-robin walked by hand, and answer balance (``--balance``) against shares counted by hand."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 
 from gradsift.cli import main
 from gradsift.config import SelectConfig
+from gradsift.selection.balance import balanced_positions, final_answer, labels_of
 from gradsift.selection.methods import Pool, SimilarityMethod, Target
 from gradsift.selection.scoring import top_k
 from gradsift.selection.select import select
@@ -104,6 +105,8 @@ def test_dedup_that_leaves_too_few_rows_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "o" / "selected.jsonl").exists()
     with pytest.raises(ConfigError, match="--method full selects the whole pool: drop --dedup"):
         select(SelectConfig(method="full", pool=[pool], target=[target], output=tmp_path / "f", dedup=0.9))
+    with pytest.raises(ConfigError, match="--method full selects the whole pool: drop --balance"):
+        select(SelectConfig(method="full", pool=[pool], target=[target], output=tmp_path / "f", balance=True))
 
 
 @dataclass
@@ -136,3 +139,65 @@ def test_example_round_robin_takes_each_target_examples_next_row_in_turn(dup_poo
     # the subtask-level round-robin sees one subtask here: the order of the mean similarity instead
     by_subtask = Fixed(aggregate="round-robin", sim=sim).score(pool, [target])[0].scores
     assert top_k(by_subtask, len(sim)).tolist() == sorted(range(len(sim)), key=lambda i: (-sim[i].mean(), i))
+
+
+def test_labels_are_the_few_answers_that_make_up_most_of_the_top():
+    assert labels_of(["yes"] * 7 + ["no"] * 3) == ["yes", "no"]
+    assert labels_of(["yes"] * 8 + ["no"] * 2) == []  # one answer makes up 80%: nothing to balance
+    assert labels_of(list("abcdeabcde") + ["x"]) == list("abcde")  # choice letters; the stray "x" is no label
+    assert labels_of([f"date {i}" for i in range(20)]) == []  # open answers
+    assert labels_of(["a", "b", "c", "d"]) == []  # each answer once: no label repeats
+    assert final_answer([{"role": "user", "content": "Is 3 > 2?"},
+                         {"role": "assistant", "content": "3 is more. So the answer is (B)."}]) == "b"
+
+
+def test_balanced_positions_give_each_label_an_equal_share_best_rows_first():
+    #          0      1     2      3      4     5      6    7     8      9
+    answers = ["yes", "no", "yes", "yes", "no", "yes", "x", "no", "yes", "no"]
+    # top 7: yes x4, no x2, x; labels yes and no (6 of 7); x keeps its place; 6 places, 3 each: yes gives
+    # up 5, no takes 7
+    assert balanced_positions(answers, 7) == ([0, 1, 2, 3, 4, 6, 7], ["yes", "no"])
+    assert balanced_positions(answers, 5) == ([0, 1, 2, 3, 4], ["yes", "no"])  # 3 and 2: as even as 5 allows
+    # three labels (a 5, b 2, c 2 of the top 9), 3 places each; "c" has no third row in the window, so its
+    # place goes to the best row not yet taken ("a" at 3); "a" gives up its fifth row (4), "b" gains 10
+    answers = list("aaaaabbcc") + list("abab")
+    assert balanced_positions(answers, 9) == ([0, 1, 2, 3, 5, 6, 7, 8, 10], ["a", "b", "c"])
+    # open answers: the ranking's top, untouched
+    assert balanced_positions([str(i) for i in range(10)], 4) == ([0, 1, 2, 3], [])
+
+
+def test_balance_re_draws_a_lexical_selection_to_equal_label_shares(tmp_path):
+    """BM25 ranks the "yes" records first (they share 4 of the target's words, the "no" ones 3): 4 of
+    its top 6; with --balance the selection takes as many "no" records as "yes" ones, the best-ranked of
+    each, from the top 2x."""
+    topic = ["compare", "heights", "towers", "bridges"]
+    shared = {"Yes": [4] * 4 + [2] * 2, "No": [3] * 3}  # target words in each record; prompts of one length
+    records = [(" ".join(topic[:n] + [f"{WORDS[i]}{j}" for j in range(8 - n)]), answer)
+               for answer, counts in shared.items() for i, n in enumerate(counts)]
+    records = [record(i, prompt, answer) for i, (prompt, answer) in enumerate(records)]
+    records += [record(9 + i, f"unrelated question number {i}", "maybe") for i in range(9)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in records))
+    target = tmp_path / "target.jsonl"
+    target.write_text(json.dumps(record(0, " ".join(topic), "Yes")) + "\n")
+    plain, balanced = tmp_path / "plain", tmp_path / "balanced"
+    for out, extra in ((plain, []), (balanced, ["--balance"])):
+        assert main(["select", "--method", "bm25", "--pool", str(pool), "--target", str(target), "--output", str(out),
+                     "--count", "6", *extra]) == 0
+    def ranked(folder):
+        with open(folder / "scores.csv", newline="") as f:
+            rows = sorted(csv.DictReader(f), key=lambda r: int(r["rank"]))
+        return [r["id"] for r in rows], [r["id"] for r in rows if r["selected"] == "1"]
+    plain_order, plain_picked = ranked(plain)
+    answers = {r["id"]: r["completion"] for r in records}
+    assert sorted(answers[i] for i in plain_picked) == ["No"] * 2 + ["Yes"] * 4
+    # by hand: 3 of each label, each label's best-ranked rows of the plain top 12
+    window = plain_order[:12]
+    expected = [i for i in window if answers[i] == "Yes"][:3] + [i for i in window if answers[i] == "No"][:3]
+    _, picked = ranked(balanced)
+    assert sorted(picked) == sorted(expected)
+    chosen = [json.loads(line)["id"] for line in (balanced / "selected.jsonl").read_text().splitlines()]
+    assert chosen == [i for i in plain_order if i in expected]  # best first, in the ranking's order
+    summary = json.loads((balanced / "summary.json").read_text())
+    assert summary["balance"] == {"yes": {"before": 4, "selected": 3}, "no": {"before": 2, "selected": 3}}
+    assert "balance" not in json.loads((plain / "summary.json").read_text())

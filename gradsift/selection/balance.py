@@ -1,0 +1,89 @@
+"""Answer balance within a selection (``select --balance``): where the selected records' answers are
+labels (yes / no, true / false, a choice letter), each label gets an equal share of the selection.
+
+A few target examples carry their labels in proportions set by chance (8 "yes" to 2 "no"), and every
+signal that follows the examples closely copies that mix into what it selects; the model trained on
+it then leans to the examples' majority label whatever the test asks. Balancing makes no guess about
+the test's mix. Answers are each record's last reply's final answer (``data.answers``), normalized;
+they are labels when 2 to ``MOST_LABELS`` distinct answers make up ``LABEL_SHARE`` of what the
+ranking's top would select (a task with open answers, a date or a word, has many; one answer nearly
+everywhere is a task with one answer). Labels are read from the top alone: further down, records of
+other tasks bring labels of their own. Rows are drawn from the ranking's top ``WINDOW`` times the
+selection's size only, so a label the method ranks low cannot pull in records it did not rank near
+the top.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradsift.data.answers import extract_answer, normalize_answer
+from gradsift.data.index import StoreIndex
+from gradsift.data.records import read_messages
+
+MOST_LABELS = 10  # more answer values than this are open answers, not labels
+LABEL_SHARE = 0.8  # labels make up this share of the top rows; the rest (stray answers) keep their places
+WINDOW = 2  # rows are drawn from the top WINDOW x count of the ranking
+
+
+@dataclass
+class Balanced:
+    labels: dict[str, tuple[int, int]]  # each label: (rows of it in the top before, after); {} where none
+    ranking: np.ndarray  # the ranking with the balanced selection first, each part in its order
+
+
+def labels_of(answers: list[str], most: int = MOST_LABELS, share: float = LABEL_SHARE) -> list[str]:
+    """The fewest most common answers that make up ``share`` of ``answers``, if 2 to ``most`` of them, each
+    given more than once (one answer everywhere, or many, or answers given once each, are no label set);
+    else none."""
+    labels, covered = [], 0
+    for answer, n in Counter(answers).most_common():
+        if covered >= share * len(answers) or n < 2:
+            break
+        labels.append(answer)
+        covered += n
+    return labels if 2 <= len(labels) <= most and covered >= share * len(answers) else []
+
+
+def balanced_positions(answers: list[str], count: int) -> tuple[list[int], list[str]]:
+    """Which positions of a ranking's top ``answers`` (best first: the window) to select, ``count`` of
+    them, and the labels balanced (``labels_of`` the first ``count``): the top ``count``'s rows with other
+    answers stay, the rest of the places go to the
+    labels in equal shares (one more each to the best-ranked labels where they do not divide evenly),
+    each label's best rows first; a label with too few rows gives its places to the others' next best."""
+    labels = labels_of(answers[:count])
+    if not labels:
+        return list(range(count)), []
+    kept = [i for i in range(count) if answers[i] not in labels]
+    places = count - len(kept)
+    rows = {label: [i for i, a in enumerate(answers) if a == label] for label in labels}
+    quota = {label: places // len(labels) + (rank < places % len(labels))  # labels are in order of first row
+             for rank, label in enumerate(sorted(labels, key=lambda a: rows[a][0]))}
+    chosen = [i for label in labels for i in rows[label][: quota[label]]]
+    short = places - len(chosen)
+    if short:
+        taken = set(chosen)
+        chosen += [i for i, a in enumerate(answers) if a in labels and i not in taken][:short]
+    return sorted(kept + chosen), labels
+
+
+def final_answer(messages: list[dict[str, str]]) -> str:
+    """A record's answer: its last reply's final answer, normalized ("So the answer is (B)." -> "b")."""
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    return normalize_answer(extract_answer(replies[-1])) if replies else ""
+
+
+def balance_answers(ranking: np.ndarray, refs: StoreIndex, count: int) -> Balanced:
+    """``ranking`` (rows, best first) with its first ``count`` rows re-drawn from its top ``WINDOW`` x
+    ``count`` so that their labels, if their answers are labels, are equally represented."""
+    window = ranking[: WINDOW * count]
+    answers = [final_answer(read_messages(ref)) for ref in refs.take(window)]
+    positions, labels = balanced_positions(answers, count)
+    picked = window[positions]
+    before = Counter(answers[:count])
+    after = Counter(answers[i] for i in positions)
+    rest = ranking[np.isin(ranking, picked, invert=True)]
+    return Balanced({label: (before[label], after[label]) for label in labels}, np.concatenate([picked, rest]))
