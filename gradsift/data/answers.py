@@ -46,3 +46,8 @@ def normalize_answer(text: str) -> str:
     an answer made only of punctuation (a bracket sequence) is kept rather than erased."""
     text = _THOUSANDS.sub("", " ".join(text.lower().split()))
     return _EDGES.sub("", text) or text
+
+
+def answer_key(text: str) -> str:
+    """The form two answers are compared in: the final answer of ``text``, normalized."""
+    return normalize_answer(extract_answer(text))

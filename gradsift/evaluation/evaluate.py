@@ -3,9 +3,8 @@
 - **loss**: each example's mean loss over its answer (assistant) tokens, averaged over examples.
 - **accuracy**: a record with ``choices`` (a list of strings) is right when the choice with the
   highest summed log-likelihood, put in place of the record's last assistant message, is the one
-  equal to that message. Any other record is answered by greedy generation and right when
-  ``normalize_answer(extract_answer(...))`` (``gradsift.data.answers``) of the generation and of the
-  reference agree.
+  equal to that message. Any other record is answered by greedy generation and right when the
+  ``answer_key`` (``gradsift.data.answers``) of the generation and of the reference agree.
 
 Writes ``OUTPUT/summary.json`` (loss, accuracy, counts, per-subtask results, settings) and
 ``OUTPUT/examples.jsonl`` (one row per example in input order: file, line, id, subtask, status,
@@ -24,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gradsift.config import EvaluateConfig
-from gradsift.data.answers import extract_answer, normalize_answer
+from gradsift.data.answers import answer_key
 from gradsift.data.chat import IGNORE_INDEX, ChatEncoder, collate, label_count, per_example_loss
 from gradsift.data.index import index_examples
 from gradsift.data.records import BadRecord, ExampleRef, print_skips, read_messages, read_record_bytes, to_messages
@@ -303,7 +302,7 @@ def _evaluate(config: EvaluateConfig) -> dict:
             for i, text in zip(members, texts):
                 ex = examples[i]
                 ex.kind, ex.prediction = "generate", text
-                ex.correct = normalize_answer(extract_answer(text)) == normalize_answer(extract_answer(ex.reference))
+                ex.correct = answer_key(text) == answer_key(ex.reference)
             bar.update()
     bar.close()
 

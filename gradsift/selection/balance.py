@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradsift.data.answers import extract_answer, normalize_answer
+from gradsift.data.answers import answer_key
 from gradsift.data.index import StoreIndex
 from gradsift.data.records import read_messages
 
@@ -73,7 +73,7 @@ def balanced_positions(answers: list[str], count: int) -> tuple[list[int], list[
 def final_answer(messages: list[dict[str, str]]) -> str:
     """A record's answer: its last reply's final answer, normalized ("So the answer is (B)." -> "b")."""
     replies = [m["content"] for m in messages if m["role"] == "assistant"]
-    return normalize_answer(extract_answer(replies[-1])) if replies else ""
+    return answer_key(replies[-1]) if replies else ""
 
 
 def balance_answers(ranking: np.ndarray, refs: StoreIndex, count: int) -> Balanced:
