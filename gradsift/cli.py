@@ -38,7 +38,8 @@ class MethodNames:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, choices: dict | None = None) -> None:
-    """One flag per dataclass field: lists take several values, Literals become choices, bools switches;
+    """One flag per dataclass field: lists take several values, Literals become choices, bools switches
+    (``--x``; a bool whose default is None, meaning "as the method does", also ``--no-x``);
     ``choices`` gives a field's choices from elsewhere (shown as its name in capitals in the usage line)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -49,7 +50,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, choices: dict | N
         default = None if required else (f.default_factory() if f.default is dataclasses.MISSING else f.default)
         kw: dict = {"help": f.metadata.get("help", ""), "dest": f.name}
         if kind is bool:
-            parser.add_argument(_flag(f.name), action="store_true", **kw)
+            parser.add_argument(_flag(f.name), action="store_true" if default is not None
+                                else argparse.BooleanOptionalAction, **kw)
             continue
         if typing.get_origin(kind) is list:
             kind, kw["nargs"] = typing.get_args(kind)[0], "+"

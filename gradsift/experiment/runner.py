@@ -33,7 +33,7 @@ from gradsift.experiment.results import write_results
 from gradsift.features.build import PROJECTION_SETTINGS, build_together
 from gradsift.selection.methods import METHODS, Pool, Target
 from gradsift.selection.scoring import relevance_auc
-from gradsift.selection.select import load_inputs, make_method, run_selection
+from gradsift.selection.select import balances, load_inputs, make_method, run_selection
 from gradsift.training.train import train
 from gradsift.training.warmup import warmup
 from gradsift.utils.files import atomic_write_bytes, atomic_write_json, read_json, slug
@@ -124,7 +124,7 @@ class Experiment:
             pool = Pool.from_files(c.pool, config.skip_bad_records, encoder)
             targets = [Target.from_files(t.name, t.fewshot, config.skip_bad_records, encoder) for t in c.targets]
         run_selection(method, pool, targets, [paths[t.name] for t in targets], config.fraction, config.count,
-                      config.dedup, config.balance)
+                      config.dedup, balances(config))
         return paths
 
     # -- training and evaluation -----------------------------------------------------------------

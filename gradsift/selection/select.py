@@ -54,10 +54,15 @@ class Selection:
 def make_method(config: SelectConfig, labels: dict[str, set[str]] | None = None) -> SelectionMethod:
     """The configured method, with the settings it uses."""
     cls = method_class(config.method)
-    for flag, given in (("--dedup", config.dedup is not None), ("--balance", config.balance)):
+    for flag, given in (("--dedup", config.dedup is not None), ("--balance", config.balance is True)):
         if given and cls.selects_all:
             raise ConfigError(f"{flag} walks a ranking, and --method {config.method} selects the whole pool: drop {flag}")
     return cls.from_config(config, labels)
+
+
+def balances(config: SelectConfig) -> bool:
+    """Whether the selection gives labels equal shares: --balance / --no-balance, else the method's way."""
+    return method_class(config.method).balances if config.balance is None else config.balance
 
 
 def load_inputs(config: SelectConfig) -> tuple[Pool, list[Target]]:
@@ -90,7 +95,7 @@ def select(config: SelectConfig) -> list[Selection]:
         print_skips("select", pool.bad_records + [b for t in targets for b in t.bad_records], 0,
                     " and ".join(f"{o}/summary.json" for o in outputs))
         return run_selection(method, pool, targets, outputs, config.fraction, config.count, config.dedup,
-                             config.balance)
+                             balances(config))
 
 
 def selection_size(pool: Pool, fraction: float | None, count: int | None) -> int:
@@ -106,7 +111,7 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
     """Score the pool with ``method`` against every target, rank, and write each target's three files
     into its folder of ``outputs``. With ``dedup`` (a Jaccard similarity), a row that nearly repeats one
     selected before it gives its place to the next (``dedup.skip_near_duplicates``); with ``balance``,
-    labels among the selected answers get equal shares (``balance.balance_answers``)."""
+    first, labels among the selected answers get equal shares (``balance.balance_answers``)."""
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ConfigError(f"targets need distinct names (target store folder names), got {names}")
@@ -117,17 +122,17 @@ def run_selection(method: SelectionMethod, pool: Pool, targets: list[Target], ou
         if not np.isfinite(result.scores[candidates]).all():
             raise ConfigError(f"{method.name} gave a non-finite score for target {target.name}")
         ranking = candidates[top_k(result.scores[candidates], len(candidates))]
+        balanced = balance_answers(ranking, pool.refs, n_select) if balance else None
+        if balanced is not None:
+            ranking = balanced.ranking
         deduplicated = None
-        if dedup is not None:
+        if dedup is not None:  # after balancing: a passed-over row's place goes to the next of the balanced ranking
             deduplicated = skip_near_duplicates(ranking, pool.refs, n_select, dedup)
             if deduplicated.kept < n_select:
                 raise ConfigError(f"cannot select {n_select} rows for target {target.name}: only "
                                   f"{deduplicated.kept} scorable pool rows are not near duplicates of each other at "
                                   f"--dedup {dedup:g}; lower --fraction/--count or raise --dedup")
             ranking = deduplicated.ranking
-        balanced = balance_answers(ranking, pool.refs, n_select) if balance else None
-        if balanced is not None:
-            ranking = balanced.ranking
         selection = Selection(target.name, result.scores, pool.scorable, ranking, n_select, out)
         _write(selection, method, pool, target, result, deduplicated, balanced)
         selections.append(selection)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from gradsift.cli import main
+from gradsift.cli import build_parser, main
 from gradsift.config import SelectConfig
 from gradsift.selection.balance import balanced_positions, final_answer, labels_of
-from gradsift.selection.methods import Pool, SimilarityMethod, Target
+from gradsift.selection.methods import METHODS, Pool, SimilarityMethod, Target
 from gradsift.selection.scoring import top_k
-from gradsift.selection.select import select
+from gradsift.selection.select import balances, select
 from gradsift.utils.errors import ConfigError
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
@@ -201,3 +201,12 @@ def test_balance_re_draws_a_lexical_selection_to_equal_label_shares(tmp_path):
     summary = json.loads((balanced / "summary.json").read_text())
     assert summary["balance"] == {"yes": {"before": 4, "selected": 3}, "no": {"before": 2, "selected": 3}}
     assert "balance" not in json.loads((plain / "summary.json").read_text())
+
+
+def test_balance_is_the_default_methods_way_and_a_switch_for_the_others(tmp_path):
+    def config(*flags):
+        return SelectConfig(**{k: v for k, v in vars(build_parser().parse_args(
+            ["select", "--output", str(tmp_path), *flags])).items() if k in SelectConfig.__dataclass_fields__})
+    assert balances(config()) and not balances(config("--no-balance"))  # the default method, fusion
+    assert not balances(config("--method", "less")) and balances(config("--method", "less", "--balance"))
+    assert [name for name, cls in METHODS.items() if cls.balances] == ["fusion"]  # the single methods stay as published

@@ -141,6 +141,7 @@ class SelectionMethod(ABC):
     reads_labels: ClassVar[bool] = False  # a benchmark's relevance labels: experiments only, never --method
     seeded: ClassVar[bool] = False  # depends on --seed: an experiment selects once per seed, else once for all
     selects_all: ClassVar[bool] = False  # the selection is the whole pool, whatever --fraction says
+    balances: ClassVar[bool] = False  # gives labels equal shares unless --no-balance (selection.balance)
 
     @classmethod
     def from_config(cls, config: SelectConfig, labels: dict[str, set[str]] | None = None) -> SelectionMethod:

@@ -9,6 +9,8 @@ pool row's score is the sum of the kept members' standardized scores (``scoring.
 member whose top rows stand far above its other rows weighs more on that target than one whose scores
 are flat, as BM25 does where the target's words pick out its records and does not where they are
 restated. ``--fuse agreement`` takes the kept members' median rank instead (``scoring.fuse_member_ranks``).
+Where the selected answers are labels, each label gets an equal share (``selection.balance``; ``--no-balance``
+keeps the fused ranking's top).
 
 Inputs are the gradient stores LESS reads: their rows point at the records the other two read. BM25
 reads a store's lexical index and RDS its stored embeddings (of the store's own model unless ``model``
@@ -46,6 +48,7 @@ class Fusion(SelectionMethod):
     reads: ClassVar[str] = "stores"
     reads_run: ClassVar[bool] = True
     reads_model: ClassVar[bool] = True
+    balances: ClassVar[bool] = True  # the examples' label mix is chance: not copied into the selection
     aggregate: Aggregate = "subtask-mean-max"
     fuse: Fuse = "zscore"  # over the members that agree (scoring.agreeing), their standardized scores summed
     model: str = ""  # rds's model; default: the pool store's
