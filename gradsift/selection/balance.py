@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from gradsift.data.answers import answer_key
 from gradsift.data.index import StoreIndex
@@ -27,6 +28,7 @@ from gradsift.data.records import read_messages
 MOST_LABELS = 10  # more answer values than this are open answers, not labels
 LABEL_SHARE = 0.8  # labels make up this share of the top rows; the rest (stray answers) keep their places
 WINDOW = 2  # rows are drawn from the top WINDOW x count of the ranking
+BAR_FROM = 100_000  # records read before a progress bar is worth showing
 
 
 @dataclass
@@ -78,9 +80,17 @@ def final_answer(messages: list[dict[str, str]]) -> str:
 
 def balance_answers(ranking: np.ndarray, refs: StoreIndex, count: int) -> Balanced:
     """``ranking`` (rows, best first) with its first ``count`` rows re-drawn from its top ``WINDOW`` x
-    ``count`` so that their labels, if their answers are labels, are equally represented."""
+    ``count`` so that their labels, if their answers are labels, are equally represented. The rest of
+    the window is read only where the top's answers are labels."""
+    def answers_of(rows: np.ndarray, what: str) -> list[str]:
+        return [final_answer(read_messages(ref)) for ref in
+                tqdm(refs.take(rows), desc=f"balance: {what}", unit="record", disable=len(rows) < BAR_FROM)]
+
+    answers = answers_of(ranking[:count], "answers of the top")
+    if not labels_of(answers):
+        return Balanced({}, ranking)
     window = ranking[: WINDOW * count]
-    answers = [final_answer(read_messages(ref)) for ref in refs.take(window)]
+    answers += answers_of(window[count:], "answers below the top")
     positions, labels = balanced_positions(answers, count)
     picked = window[positions]
     before = Counter(answers[:count])
