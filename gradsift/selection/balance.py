@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gradsift.data.answers import answer_key
-from gradsift.data.index import StoreIndex
+from gradsift.data.index import ROWS_AT_ONCE, StoreIndex
 from gradsift.data.records import read_messages
 
 MOST_LABELS = 10  # more answer values than this are open answers, not labels
@@ -82,9 +82,13 @@ def balance_answers(ranking: np.ndarray, refs: StoreIndex, count: int) -> Balanc
     """``ranking`` (rows, best first) with its first ``count`` rows re-drawn from its top ``WINDOW`` x
     ``count`` so that their labels, if their answers are labels, are equally represented. The rest of
     the window is read only where the top's answers are labels."""
-    def answers_of(rows: np.ndarray, what: str) -> list[str]:
-        return [final_answer(read_messages(ref)) for ref in
-                tqdm(refs.take(rows), desc=f"balance: {what}", unit="record", disable=len(rows) < BAR_FROM)]
+    def answers_of(rows: np.ndarray, what: str) -> list[str]:  # refs made a chunk at a time: bounded memory
+        with tqdm(total=len(rows), desc=f"balance: {what}", unit="record", disable=len(rows) < BAR_FROM) as bar:
+            answers = []
+            for start in range(0, len(rows), ROWS_AT_ONCE):
+                answers += [final_answer(read_messages(ref)) for ref in refs.take(rows[start: start + ROWS_AT_ONCE])]
+                bar.update(min(ROWS_AT_ONCE, len(rows) - start))
+            return answers
 
     answers = answers_of(ranking[:count], "answers of the top")
     if not labels_of(answers):
