@@ -193,8 +193,9 @@ class SelectConfig(Checked):
         "range": "fraction", "help": "near-duplicate removal: pass over a row whose text shares at least this Jaccard "
                                      "similarity (word 3-grams, MinHash) with a row already selected, e.g. 0.8"})
     balance: bool | None = field(default=None, metadata={
-        "help": "where the selected records' answers are labels (at most 10 values make up 80%% of them: yes/no, "
-                "a choice letter), give each label an equal share, drawn from the ranking's top 2x the selection "
+        "help": "where the selected records' answers are labels (at most 10 values, each 10%% or more, make up 80%% "
+                "of them: yes/no, a choice letter), give each label an equal share, drawn from the ranking's top 2x "
+                "the selection "
                 "(the few target examples' label mix is chance; docs/methods.md). Default: on with fusion, off "
                 "with the single methods (as published)"})
     fuse: Fuse = field(default="zscore", metadata={

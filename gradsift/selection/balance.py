@@ -5,12 +5,12 @@ A few target examples carry their labels in proportions set by chance (8 "yes" t
 signal that follows the examples closely copies that mix into what it selects; the model trained on
 it then leans to the examples' majority label whatever the test asks. Balancing makes no guess about
 the test's mix. Answers are each record's last reply's final answer (``data.answers``), normalized;
-they are labels when 2 to ``MOST_LABELS`` distinct answers make up ``LABEL_SHARE`` of what the
-ranking's top would select (a task with open answers, a date or a word, has many; one answer nearly
-everywhere is a task with one answer). Labels are read from the top alone: further down, records of
-other tasks bring labels of their own. Rows are drawn from the ranking's top ``WINDOW`` times the
-selection's size only, so a label the method ranks low cannot pull in records it did not rank near
-the top.
+they are labels when 2 to ``MOST_LABELS`` distinct answers, each at least ``LEAST_SHARE`` of what
+the ranking's top would select, make up ``LABEL_SHARE`` of it together (a task with open answers, a
+date or a word, has many; a few records of another task in the top are no label of their own).
+Labels are read from the top alone: further down, records of other tasks bring labels of their own.
+Rows are drawn from the ranking's top ``WINDOW`` times the selection's size only, so a label the
+method ranks low cannot pull in records it did not rank near the top.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from gradsift.data.records import read_messages
 
 MOST_LABELS = 10  # more answer values than this are open answers, not labels
 LABEL_SHARE = 0.8  # labels make up this share of the top rows; the rest (stray answers) keep their places
+LEAST_SHARE = 0.1  # a label makes up at least this share of the top: 2 strays of 54 are no label of their own
 WINDOW = 2  # rows are drawn from the top WINDOW x count of the ranking
 BAR_FROM = 100_000  # records read before a progress bar is worth showing
 
@@ -37,16 +38,14 @@ class Balanced:
     ranking: np.ndarray  # the ranking with the balanced selection first, each part in its order
 
 
-def labels_of(answers: list[str], most: int = MOST_LABELS, share: float = LABEL_SHARE) -> list[str]:
-    """The fewest most common answers that make up ``share`` of ``answers``, if 2 to ``most`` of them, each
-    given more than once (one answer everywhere, or many, or answers given once each, are no label set);
-    else none."""
-    labels, covered = [], 0
-    for answer, n in Counter(answers).most_common():
-        if covered >= share * len(answers) or n < 2:
-            break
-        labels.append(answer)
-        covered += n
+def labels_of(answers: list[str], most: int = MOST_LABELS, share: float = LABEL_SHARE,
+              least: float = LEAST_SHARE) -> list[str]:
+    """The answers that each make up at least ``least`` of ``answers`` (and are given more than once),
+    most common first, if 2 to ``most`` of them make up ``share`` of ``answers`` together; else none.
+    One answer nearly everywhere, many answers, or a few strays are no label set."""
+    counts = Counter(answers)
+    labels = [a for a, n in counts.most_common() if n >= max(2, least * len(answers))]
+    covered = sum(counts[a] for a in labels)
     return labels if 2 <= len(labels) <= most and covered >= share * len(answers) else []
 
 

@@ -143,7 +143,9 @@ def test_example_round_robin_takes_each_target_examples_next_row_in_turn(dup_poo
 
 def test_labels_are_the_few_answers_that_make_up_most_of_the_top():
     assert labels_of(["yes"] * 7 + ["no"] * 3) == ["yes", "no"]
-    assert labels_of(["yes"] * 8 + ["no"] * 2) == []  # one answer makes up 80%: nothing to balance
+    assert labels_of(["yes"] * 18 + ["no"] * 3) == ["yes", "no"]  # the examples' skew copied: 14% "no"
+    assert labels_of(["yes"] * 50 + ["true"] * 2 + ["false"] * 2) == []  # strays of another task: no labels
+    assert labels_of(["yes"] * 30 + ["no"] * 20 + ["true"] * 2 + ["false"] * 2) == ["yes", "no"]
     assert labels_of(list("abcdeabcde") + ["x"]) == list("abcde")  # choice letters; the stray "x" is no label
     assert labels_of([f"date {i}" for i in range(20)]) == []  # open answers
     assert labels_of(["a", "b", "c", "d"]) == []  # each answer once: no label repeats
