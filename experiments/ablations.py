@@ -28,7 +28,15 @@ import torch
 from benchmark import RESTATED_SUFFIX
 
 from gradsift.selection.methods import Target
-from gradsift.selection.scoring import agreeing, fuse_ranks, member_ranks, relevance_auc, subtask_mean_rows, top_k
+from gradsift.selection.scoring import (
+    agreeing,
+    fuse_ranks,
+    member_ranks,
+    rank_tops,
+    relevance_auc,
+    subtask_mean_rows,
+    top_k,
+)
 from gradsift.store.datastore import GradientStore
 from gradsift.utils.files import atomic_write_bytes
 
@@ -40,7 +48,7 @@ def agreement_weighted(scores: list[np.ndarray], candidates: np.ndarray) -> np.n
     """A candidate rule not kept: each member's ranks weighted by its mean overlap with the others'
     top 5% (``scoring.agreeing``), the weighted mean rank. Higher is better."""
     ranks = member_ranks(scores, candidates)
-    _, overlap = agreeing(ranks)
+    _, overlap = agreeing(*rank_tops(ranks))
     weights = overlap.sum(1) / (len(scores) - 1)
     out = np.zeros(len(candidates))
     out[candidates] = -(weights[:, None] * ranks).sum(0) / max(weights.sum(), 1e-12)

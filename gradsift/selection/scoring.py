@@ -93,17 +93,33 @@ def candidate_ranks(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 AGREEMENT_SHARE = 0.05  # the top rows two members' agreement is measured on: the paper's fraction
 
 
-def agreeing(ranks: np.ndarray, share: float = AGREEMENT_SHARE) -> tuple[list[int], np.ndarray]:
-    """Which members (rows of ``ranks``, each a ranking of the same candidates, 0 = best) agree, and
-    every pair's overlap: the share of their top ``share`` rows two members have in common. Kept are
-    the pair that shares most and each other member that shares at least half as much with one of
-    them; a member that agrees with no other is left out. With no overlap at all, all are kept."""
-    m, n = ranks.shape
-    size = max(1, round(share * n))
-    top = [np.flatnonzero(r < size) for r in ranks]  # a member's top rows: a few percent of the pool
+def rank_tops(ranks: np.ndarray, share: float = AGREEMENT_SHARE) -> tuple[list[np.ndarray], int]:
+    """Each member's top ``share`` rows (row order) from its ranks (``member_ranks``), and their number."""
+    size = max(1, round(share * ranks.shape[1]))
+    return [np.flatnonzero(r < size) for r in ranks], size
+
+
+def value_tops(values: list[np.ndarray], share: float = AGREEMENT_SHARE) -> tuple[list[np.ndarray], int]:
+    """Each member's top ``share`` rows (row order) from its values, higher first: the rows ``top_k``
+    would give first (ties to the earlier row), found by a partition, not a sort; and their number."""
+    size = max(1, round(share * len(values[0])))
+    tops = []
+    for v in values:
+        threshold = np.partition(v, len(v) - size)[len(v) - size]
+        above = np.flatnonzero(v > threshold)
+        tops.append(np.union1d(above, np.flatnonzero(v == threshold)[: size - len(above)]))
+    return tops, size
+
+
+def agreeing(tops: list[np.ndarray], size: int) -> tuple[list[int], np.ndarray]:
+    """Which members agree, from each member's top rows (``rank_tops``, ``value_tops``: ``size`` each),
+    and every pair's overlap: the share of their top rows two members have in common. Kept are the pair
+    that shares most and each other member that shares at least half as much with one of them; a member
+    that agrees with no other is left out. With no overlap at all, all are kept."""
+    m = len(tops)
     overlap = np.zeros((m, m))
     for i, j in itertools.combinations(range(m), 2):
-        overlap[i, j] = overlap[j, i] = len(np.intersect1d(top[i], top[j], assume_unique=True)) / size
+        overlap[i, j] = overlap[j, i] = len(np.intersect1d(tops[i], tops[j], assume_unique=True)) / size
     if m < 3 or overlap.max() == 0:
         return list(range(m)), overlap
     a, b = np.unravel_index(overlap.argmax(), overlap.shape)
@@ -114,11 +130,6 @@ def agreeing(ranks: np.ndarray, share: float = AGREEMENT_SHARE) -> tuple[list[in
 def member_ranks(scores: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
     """(methods, candidates) int32: each method's rank (0 = best) of each candidate row, in row order."""
     return np.stack([candidate_ranks(s, candidates) for s in scores])
-
-
-def candidate_rows_ranks(values: np.ndarray) -> np.ndarray:
-    """``member_ranks`` of per-member values already restricted to the candidates (members x candidates)."""
-    return member_ranks(list(values), np.ones(values.shape[1], bool))
 
 
 GATED_FUSES = ("agreement", "zscore")  # rules that first leave out a member no other agrees with (``agreeing``)
@@ -132,45 +143,34 @@ def standardized(scores: np.ndarray) -> np.ndarray:
 
 
 def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
-    """One score per row from several methods' scores, through each method's ranks (``fuse_member_ranks``)."""
-    if how != "zscore":
-        return fuse_member_ranks(member_ranks(scores, candidates), candidates, how, k)
-    z = np.stack([standardized(s[candidates]) for s in scores])  # ranked from z, as fusion keeps only z
-    return fuse_member_ranks(candidate_rows_ranks(z), candidates, how, k, z)
+    """One score per row from several methods' scores: through each method's ranks (``fuse_member_ranks``),
+    or for ``zscore`` their standardized scores (``fuse_standardized``)."""
+    if how == "zscore":
+        return fuse_standardized([standardized(s[candidates]) for s in scores], candidates)
+    return fuse_member_ranks(member_ranks(scores, candidates), candidates, how, k)
 
 
 FUSE_ROWS = 1 << 20  # candidates fused at a time: float64 work arrays of a few MiB, whatever the pool
 
 
-def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "median", k: int = 60,
-                      z: np.ndarray | None = None) -> np.ndarray:
+def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
     """One score per row from several methods' ranks r (``member_ranks``: 0 = best, one column per candidate).
 
     ``median``: the median rank, ties broken by the mean rank: a row needs most methods to rank it
     high, so one method's outliers cannot place it. ``agreement``: the median over the members that
     agree (``agreeing``): a member whose top rows the others do not share is left out, so it cannot
-    lift its own picks past the others' middle ranks. ``zscore``: the sum of the
-    agreeing members' standardized scores ``z`` (``standardized``, one row per member; Montague & Aslam,
-    2001): a member whose top rows stand far above its other rows weighs more on that target than one
-    whose scores are flat. ``mean``: the mean rank (Borda). ``rrf``:
-    reciprocal rank fusion, sum 1 / (k + r + 1) (Cormack et al., 2009). The score is the number of
-    candidates minus the row's fused rank (whole numbers, exact in float32 up to 16M rows): higher is
-    better; rows outside ``candidates`` score 0. Computed in float64, FUSE_ROWS candidates at a time."""
-    n = int(candidates.sum())
+    lift its own picks past the others' middle ranks. ``mean``: the mean rank (Borda). ``rrf``:
+    reciprocal rank fusion, sum 1 / (k + r + 1) (Cormack et al., 2009). Scores as ``ranked_scores``;
+    computed in float64, FUSE_ROWS candidates at a time."""
     if how not in get_args(Fuse):
         raise ValueError(f"unknown rank fusion {how!r}")
+    if how == "zscore":
+        raise ValueError("zscore fusion reads the members' standardized scores, not ranks: fuse_standardized")
     if how in GATED_FUSES:
-        kept = agreeing(ranks)[0]
-        ranks = ranks[kept]
-        if how == "zscore":
-            if z is None:
-                raise ValueError("zscore fusion needs the members' standardized scores")
-            z = z[kept]
+        ranks = ranks[agreeing(*rank_tops(ranks))[0]]
+    n = int(candidates.sum())
     fused = np.empty(n)
     for start in range(0, n, FUSE_ROWS):
-        if how == "zscore":
-            fused[start: start + FUSE_ROWS] = z[:, start: start + FUSE_ROWS].astype(np.float64).sum(0)
-            continue
         r = ranks[:, start: start + FUSE_ROWS].astype(np.float64)
         if how == "rrf":
             fused[start: start + FUSE_ROWS] = (1.0 / (k + r + 1)).sum(0)
@@ -178,6 +178,25 @@ def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "me
             fused[start: start + FUSE_ROWS] = -r.mean(0)
         else:  # mean rank / n < 1: it orders rows with equal medians only
             fused[start: start + FUSE_ROWS] = -(np.median(r, 0) + r.mean(0) / n)
+    return ranked_scores(fused, candidates)
+
+
+def fuse_standardized(z: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
+    """``zscore``: one score per row from the sum of the agreeing members' standardized scores ``z``
+    (``standardized``, one array per member over the candidates; ``agreeing`` on each member's top rows,
+    so no member is ranked whole; Montague & Aslam, 2001): a member whose top rows stand far above its
+    other rows weighs more on that target than one whose scores are flat. Scores as ``ranked_scores``."""
+    fused = np.zeros(int(candidates.sum()))
+    for i in agreeing(*value_tops(z))[0]:  # summed in float64, member by member
+        fused += z[i]
+    return ranked_scores(fused, candidates)
+
+
+def ranked_scores(fused: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """float32 scores of all rows from the candidates' fused values: the number of candidates minus the
+    row's fused rank (whole numbers, exact in float32 up to 16M rows), higher is better; rows outside
+    ``candidates`` score 0."""
+    n = len(fused)
     out = np.zeros(len(candidates), np.float32)
     out[np.flatnonzero(candidates)[top_k(fused, n)]] = np.arange(n, 0, -1, dtype=np.float32)
     return out

@@ -23,9 +23,11 @@ from gradsift.selection.scoring import (
     fuse_member_ranks,
     fuse_ranks,
     member_ranks,
+    rank_tops,
     relevance_auc,
     round_robin,
     top_k,
+    value_tops,
     weighted_similarity,
 )
 from gradsift.selection.select import select
@@ -383,7 +385,7 @@ def test_agreement_leaves_out_the_member_no_other_agrees_with():
     third = scores([3, 50, 51, 52, 53])
     candidates = np.ones(n, bool)
     ranks = member_ranks([first, second, third], candidates)
-    kept, overlap = agreeing(ranks)
+    kept, overlap = agreeing(*rank_tops(ranks))
     assert kept == [0, 1]
     assert overlap[0, 1] == pytest.approx(3 / 5) and overlap[0, 2] == pytest.approx(1 / 5) and overlap[1, 2] == 0
     agreed = fuse_ranks([first, second, third], candidates, "agreement")
@@ -391,9 +393,15 @@ def test_agreement_leaves_out_the_member_no_other_agrees_with():
     assert 3 in top_k(fuse_ranks([first, second, third], candidates, "median"), 5)
     assert 3 not in top_k(agreed, 5)
     shares_two = scores([3, 4, 50, 51, 52])  # 2 of 5 with the first: at least half the pair's 3
-    assert agreeing(member_ranks([first, second, shares_two], candidates))[0] == [0, 1, 2]
+    assert agreeing(*rank_tops(member_ranks([first, second, shares_two], candidates)))[0] == [0, 1, 2]
     apart = [scores(range(10 * k, 10 * k + 5)) for k in range(3)]  # no two share a top row
-    assert agreeing(member_ranks(apart, candidates))[0] == [0, 1, 2]
+    assert agreeing(*rank_tops(member_ranks(apart, candidates)))[0] == [0, 1, 2]
+    assert agreeing(*value_tops(apart))[0] == [0, 1, 2]
+    for members in ([first, second, third], [first, second, shares_two]):  # the same tops from values
+        from_values, from_ranks = value_tops(members)[0], rank_tops(member_ranks(members, candidates))[0]
+        assert [t.tolist() for t in from_values] == [t.tolist() for t in from_ranks]
+    tied = np.array([0, 1, 1, 1, 0] * 20, np.float32)  # ties across the cut: the earlier rows, as top_k takes
+    assert value_tops([tied])[0][0].tolist() == sorted(top_k(tied, 5).tolist()) == [1, 2, 3, 6, 7]
 
 
 def test_zscore_sums_the_agreeing_members_standardized_scores():

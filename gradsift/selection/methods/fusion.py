@@ -8,7 +8,8 @@ targets, is left out for that target, and a line says so. Then (``--fuse zscore`
 pool row's score is the sum of the kept members' standardized scores (``scoring.standardized``): a
 member whose top rows stand far above its other rows weighs more on that target than one whose scores
 are flat, as BM25 does where the target's words pick out its records and does not where they are
-restated. ``--fuse agreement`` takes the kept members' median rank instead (``scoring.fuse_member_ranks``).
+restated (``scoring.fuse_standardized``). ``--fuse agreement`` takes the kept members' median rank instead
+(``scoring.fuse_member_ranks``).
 Where the selected answers are labels, each label gets an equal share (``selection.balance``; ``--no-balance``
 keeps the fused ranking's top).
 
@@ -35,9 +36,11 @@ from gradsift.selection.scoring import (
     GATED_FUSES,
     agreeing,
     candidate_ranks,
-    candidate_rows_ranks,
     fuse_member_ranks,
+    fuse_standardized,
+    rank_tops,
     standardized,
+    value_tops,
 )
 
 
@@ -78,16 +81,19 @@ class Fusion(SelectionMethod):
                 kept[k].append(standardized(result.scores[pool.scorable]) if self.fuse == "zscore"
                                else candidate_ranks(result.scores, pool.scorable))
             del scored
-        fused = []
+        fused, names = [], [m.name for m in members]
         for k, target in enumerate(targets):
-            values = np.stack(kept[k]) if self.fuse == "zscore" else None
-            stacked = candidate_rows_ranks(values) if values is not None else np.stack(kept[k])  # for both uses
+            if self.fuse == "zscore":  # the gate reads each member's top rows; nothing is ranked whole
+                print_agreement(target.name, names, *agreeing(*value_tops(kept[k])))
+                scores = fuse_standardized(kept[k], pool.scorable)
+            else:
+                ranks = np.stack(kept[k])
+                if self.fuse in GATED_FUSES:
+                    print_agreement(target.name, names, *agreeing(*rank_tops(ranks)))
+                scores = fuse_member_ranks(ranks, pool.scorable, self.fuse)
+                del ranks
             kept[k] = []
-            if self.fuse in GATED_FUSES:
-                print_agreement(target.name, [m.name for m in members], stacked)
-            fused.append(TargetScores(fuse_member_ranks(stacked, pool.scorable, self.fuse, z=values),
-                                      *nearest[k]))
-            del values, stacked
+            fused.append(TargetScores(scores, *nearest[k]))
         return fused
 
     def settings(self) -> dict:
@@ -102,9 +108,8 @@ class Fusion(SelectionMethod):
                    max_length=cls.token_limit(config), batch_size=config.batch_size, device=config.device)
 
 
-def print_agreement(target: str, names: list[str], ranks: np.ndarray) -> None:
-    """One line per target naming a member the agreement rule leaves out (``ranks``: ``member_ranks``), and why."""
-    kept, overlap = agreeing(ranks)
+def print_agreement(target: str, names: list[str], kept: list[int], overlap: np.ndarray) -> None:
+    """One line per target naming a member the agreement rule leaves out (``scoring.agreeing``), and why."""
     out = [i for i in range(len(names)) if i not in kept]
     if out:
         shares = ", ".join(f"{names[i]} {overlap[i].max():.2f}" for i in out)
