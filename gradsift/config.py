@@ -195,9 +195,8 @@ class SelectConfig(Checked):
     balance: bool | None = field(default=None, metadata={
         "help": "where the selected records' answers are labels (at most 10 values, each 10%% or more, make up 80%% "
                 "of them: yes/no, a choice letter), give each label an equal share, drawn from the ranking's top 2x "
-                "the selection "
-                "(the few target examples' label mix is chance; docs/methods.md). Default: on with fusion, off "
-                "with the single methods (as published)"})
+                "the selection (the few target examples' label mix is chance; docs/methods.md). Default: on with "
+                "fusion, off with the single methods (as published)"})
     fuse: Fuse = field(default="zscore", metadata={
         "help": "fusion: over the members whose top rows another member shares (one that agrees with none is left "
                 "out and named), zscore sums their standardized scores (a member whose top rows stand out weighs "

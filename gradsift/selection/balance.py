@@ -52,9 +52,9 @@ def labels_of(answers: list[str], most: int = MOST_LABELS, share: float = LABEL_
 def balanced_positions(answers: list[str], count: int) -> tuple[list[int], list[str]]:
     """Which positions of a ranking's top ``answers`` (best first: the window) to select, ``count`` of
     them, and the labels balanced (``labels_of`` the first ``count``): the top ``count``'s rows with other
-    answers stay, the rest of the places go to the
-    labels in equal shares (one more each to the best-ranked labels where they do not divide evenly),
-    each label's best rows first; a label with too few rows gives its places to the others' next best."""
+    answers stay, the rest of the places go to the labels in equal shares (one more each to the
+    best-ranked labels where they do not divide evenly), each label's best rows first; a label with
+    too few rows gives its places to the others' next best."""
     labels = labels_of(answers[:count])
     if not labels:
         return list(range(count)), []

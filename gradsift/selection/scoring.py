@@ -153,7 +153,8 @@ def fuse_ranks(scores: list[np.ndarray], candidates: np.ndarray, how: Fuse = "me
 FUSE_ROWS = 1 << 20  # candidates fused at a time: float64 work arrays of a few MiB, whatever the pool
 
 
-def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "median", k: int = 60) -> np.ndarray:
+def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "median", k: int = 60,
+                      kept: list[int] | None = None) -> np.ndarray:
     """One score per row from several methods' ranks r (``member_ranks``: 0 = best, one column per candidate).
 
     ``median``: the median rank, ties broken by the mean rank: a row needs most methods to rank it
@@ -161,13 +162,14 @@ def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "me
     agree (``agreeing``): a member whose top rows the others do not share is left out, so it cannot
     lift its own picks past the others' middle ranks. ``mean``: the mean rank (Borda). ``rrf``:
     reciprocal rank fusion, sum 1 / (k + r + 1) (Cormack et al., 2009). Scores as ``ranked_scores``;
-    computed in float64, FUSE_ROWS candidates at a time."""
+    computed in float64, FUSE_ROWS candidates at a time. ``kept``: the agreeing members, where the
+    caller has found them already."""
     if how not in get_args(Fuse):
         raise ValueError(f"unknown rank fusion {how!r}")
     if how == "zscore":
         raise ValueError("zscore fusion reads the members' standardized scores, not ranks: fuse_standardized")
     if how in GATED_FUSES:
-        ranks = ranks[agreeing(*rank_tops(ranks))[0]]
+        ranks = ranks[agreeing(*rank_tops(ranks))[0] if kept is None else kept]
     n = int(candidates.sum())
     fused = np.empty(n)
     for start in range(0, n, FUSE_ROWS):
@@ -181,13 +183,14 @@ def fuse_member_ranks(ranks: np.ndarray, candidates: np.ndarray, how: Fuse = "me
     return ranked_scores(fused, candidates)
 
 
-def fuse_standardized(z: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
+def fuse_standardized(z: list[np.ndarray], candidates: np.ndarray, kept: list[int] | None = None) -> np.ndarray:
     """``zscore``: one score per row from the sum of the agreeing members' standardized scores ``z``
     (``standardized``, one array per member over the candidates; ``agreeing`` on each member's top rows,
     so no member is ranked whole; Montague & Aslam, 2001): a member whose top rows stand far above its
-    other rows weighs more on that target than one whose scores are flat. Scores as ``ranked_scores``."""
+    other rows weighs more on that target than one whose scores are flat. Scores as ``ranked_scores``.
+    ``kept``: the agreeing members, where the caller has found them already."""
     fused = np.zeros(int(candidates.sum()))
-    for i in agreeing(*value_tops(z))[0]:  # summed in float64, member by member
+    for i in agreeing(*value_tops(z))[0] if kept is None else kept:  # summed in float64, member by member
         fused += z[i]
     return ranked_scores(fused, candidates)
 

@@ -72,27 +72,29 @@ class Fusion(SelectionMethod):
     def score(self, pool: Pool, targets: list[Target]) -> list[TargetScores]:
         members = self.members()
         # per target and member, 4 bytes a candidate: standardized scores (zscore) or ranks (the other rules)
-        kept: list[list[np.ndarray]] = [[] for _ in targets]
+        held: list[list[np.ndarray]] = [[] for _ in targets]
         for i, member in enumerate(members):  # one member's scores held at a time, then let go
             scored = member.score(pool, targets)
             if i == 0:
                 nearest = [(s.closest, s.subtasks) for s in scored]  # the subtask a row is closest to, by its gradient
             for k, result in enumerate(scored):
-                kept[k].append(standardized(result.scores[pool.scorable]) if self.fuse == "zscore"
+                held[k].append(standardized(result.scores[pool.scorable]) if self.fuse == "zscore"
                                else candidate_ranks(result.scores, pool.scorable))
             del scored
         fused, names = [], [m.name for m in members]
         for k, target in enumerate(targets):
             if self.fuse == "zscore":  # the gate reads each member's top rows; nothing is ranked whole
-                print_agreement(target.name, names, *agreeing(*value_tops(kept[k])))
-                scores = fuse_standardized(kept[k], pool.scorable)
+                kept, overlap = agreeing(*value_tops(held[k]))
+                print_agreement(target.name, names, kept, overlap)
+                scores = fuse_standardized(held[k], pool.scorable, kept)
             else:
-                ranks = np.stack(kept[k])
+                ranks, kept = np.stack(held[k]), None
                 if self.fuse in GATED_FUSES:
-                    print_agreement(target.name, names, *agreeing(*rank_tops(ranks)))
-                scores = fuse_member_ranks(ranks, pool.scorable, self.fuse)
+                    kept, overlap = agreeing(*rank_tops(ranks))
+                    print_agreement(target.name, names, kept, overlap)
+                scores = fuse_member_ranks(ranks, pool.scorable, self.fuse, kept=kept)
                 del ranks
-            kept[k] = []
+            held[k] = []
             fused.append(TargetScores(scores, *nearest[k]))
         return fused
 
