@@ -110,7 +110,7 @@ def _size(path: Path) -> str:
 def _store(found: Inspection, verify: bool) -> None:
     from gradsift.store.datastore import layout_problems
     from gradsift.store.embeddings import EMBEDDINGS_DIR, check_layout, embeddings_meta
-    from gradsift.store.lexical import LEXICAL_DIR, check_rows, lexical_meta
+    from gradsift.store.lexical import LEXICAL_DIR, check_rows, lexical_meta, stale
 
     path = found.path
     manifest = read_json(path / "manifest.json")
@@ -141,8 +141,10 @@ def _store(found: Inspection, verify: bool) -> None:
         found.add("lexical index", "none (a store built before stores held one: rerun its `gradsift build` to add it)"
                   if manifest.get("status") == "complete" else "none yet (written once the store is complete)")
     else:
+        outdated = (" (made with an older tokenizer: BM25 indexes in memory until its `gradsift build` is rerun)"
+                    if stale(lexical) else "")
         found.add("lexical index", f"BM25 of {', '.join(lexical['parts'])}: {lexical['rows']} rows, k1 {lexical['k1']}, "
-                                   f"b {lexical['b']}, bm25s {lexical['bm25s']}, {_size(path / LEXICAL_DIR)}")
+                                   f"b {lexical['b']}, bm25s {lexical['bm25s']}, {_size(path / LEXICAL_DIR)}{outdated}")
         try:
             check_rows(path, lexical, rows)
         except StoreMismatchError as e:

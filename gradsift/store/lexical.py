@@ -42,7 +42,9 @@ META = "lexical.json"
 LEXICAL_FORMAT = 1
 PARTS: tuple[Part, ...] = get_args(Part)
 K1, B = 1.5, 0.75  # bm25s's defaults, and Bm25's: an index with other values is not the one a selection reads
-TOKENIZER = {"lower": True, "stopwords": "en", "stemmer": None}  # bm25s.tokenize's arguments
+# bm25s.tokenize's arguments. Words of one character count (bm25s's default pattern drops them): the
+# digits and letters of a symbolic prompt ("((-5 + 9 * -4) * (4 + -7)) =") are its only words.
+TOKENIZER = {"lower": True, "stopwords": "en", "stemmer": None, "token_pattern": r"(?u)\b\w+\b"}
 
 
 def tokenize(texts: list[str], ids: bool = True):
@@ -111,12 +113,13 @@ class QueryScores:
 
 
 def write_lexical_index(store: Path, refs: Sequence[ExampleRef], parts: tuple[Part, ...] = PARTS) -> bool:
-    """Index the parts of the rows' records into STORE/lexical unless it is there (returns whether it
-    wrote one). Written in a temporary folder renamed into place: the index is whole or absent."""
+    """Index the parts of the rows' records into STORE/lexical unless it is there, made with today's
+    settings (returns whether it wrote one). Written in a temporary folder renamed into place: the index
+    is whole or absent. One made with other tokenizer settings (an older gradsift's) is replaced."""
     import bm25s
 
     final = Path(store) / LEXICAL_DIR
-    if final.exists():
+    if final.exists() and not stale(lexical_meta(store)):
         return False
     tmp = Path(tempfile.mkdtemp(dir=store, prefix=partial_name(LEXICAL_DIR)))
     try:
@@ -133,7 +136,13 @@ def write_lexical_index(store: Path, refs: Sequence[ExampleRef], parts: tuple[Pa
                                        "tokenizer": TOKENIZER, "bm25s": bm25s.__version__, "rows": len(refs),
                                        "checksums": checksums(tmp, files)})
         stop_point("lexical:written")
-        os.replace(tmp, final)
+        if final.exists():  # a stale index: moved aside, then removed (absent for a moment: BM25 indexes anew)
+            aside = Path(tempfile.mkdtemp(dir=store, prefix=partial_name(LEXICAL_DIR))) / "stale"
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            shutil.rmtree(aside.parent, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -144,6 +153,11 @@ def lexical_meta(store: Path) -> dict | None:
     """What STORE's lexical index holds (``lexical.json``), or None for a store without one."""
     file = Path(store) / LEXICAL_DIR / META
     return read_json(file) if file.is_file() else None
+
+
+def stale(meta: dict | None) -> bool:
+    """Whether an index's settings are not those ``tokenize`` uses now (its words would not be the queries')."""
+    return meta is not None and meta["tokenizer"] != TOKENIZER
 
 
 def check_rows(store: Path, meta: dict, rows: int) -> None:

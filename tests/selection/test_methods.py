@@ -61,7 +61,7 @@ def closest_subtask(sim: np.ndarray, subtasks: list[str]) -> list[str]:
 # -- BM25 ------------------------------------------------------------------------------------------
 
 def bm25_tokens(text: str) -> list[str]:
-    return [t for t in re.findall(r"\b\w\w+\b", text.lower()) if t not in STOPWORDS_EN]
+    return [t for t in re.findall(r"\b\w+\b", text.lower()) if t not in STOPWORDS_EN]  # one-letter words count
 
 
 def bm25_reference(docs: list[str], queries: list[str], k1: float = 1.5, b: float = 0.75) -> np.ndarray:
@@ -170,6 +170,24 @@ def test_targets_worked_step_by_step_find_direct_records_by_their_prompts(tmp_pa
         assert {k: settings[k] for k in expected} == expected
     assert picked["prompt-whole"] == picked["default"] == {"rel0", "rel1", "rel2"}
     assert picked["whole"] != picked["default"]  # the worked form pulls unrelated worked records in
+
+
+def test_bm25_matches_prompts_made_of_symbols_and_digits(tmp_path):
+    """Arithmetic prompts have no word of two letters: their digits are the words BM25 can match."""
+    rng = np.random.default_rng(0)
+    expression = lambda: " ".join(f"({rng.integers(-9, 10)} {rng.choice(['+', '-', '*'])} {rng.integers(-9, 10)})"  # noqa: E731
+                                  for _ in range(3)) + " ="
+    relevant = [{"id": f"rel{k}", "prompt": expression(), "completion": str(k)} for k in range(4)]
+    prose = [{"id": f"p{k}", "prompt": f"Name a colour seen in painting number {k + 10}.", "completion": "blue"}
+             for k in range(8)]
+    targets = [{"id": f"t{k}", "prompt": expression(), "completion": f"Let's think step by step. So the answer is {k}."}
+               for k in range(3)]
+    pool = write_jsonl(tmp_path / "pool.jsonl", prose[:4] + relevant + prose[4:])
+    out = tmp_path / "sel"
+    select(SelectConfig(method="bm25", pool=[pool], target=[write_jsonl(tmp_path / "t.jsonl", targets)],
+                        output=out, count=4))
+    assert {json.loads(line)["id"] for line in (out / "selected.jsonl").read_text().splitlines()} == \
+        {r["id"] for r in relevant}
 
 
 SKILL_WORDS = "premise conclusion valid invalid syllogism entails all some none every".split()

@@ -133,3 +133,27 @@ def test_inspect_shows_the_index_and_verifies_it(small_stores, tmp_path):
     assert [p for p in found.problems if str(data) in p and "changed" in p]
     (found,) = inspect(store_without(pool, tmp_path / "old", lexical.LEXICAL_DIR).path)
     assert dict(found.facts)["lexical index"].startswith("none")
+
+
+def test_an_index_made_with_an_older_tokenizer_is_not_read_and_a_rebuild_replaces_it(small_stores, run, data,
+                                                                                     tmp_path, capsys):
+    """A store indexed by an older gradsift (bm25s's default pattern, which drops one-letter words): BM25
+    indexes in memory and says so, inspect says so, and rerunning the build writes today's index in place."""
+    pool, target = small_stores
+    today = contents(pool.path / "lexical")
+    old_pool = tmp_path / "old-pool"
+    shutil.copytree(pool.path, old_pool)
+    meta_file = old_pool / "lexical" / "lexical.json"
+    older = {k: v for k, v in lexical.TOKENIZER.items() if k != "token_pattern"}
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "tokenizer": older}))
+    old = GradientStore.open(old_pool)
+    assert old.lexical_index("prompt") is None
+    (scores,) = Bm25().score(Pool.from_store(old), [Target.from_store(target)])
+    (fresh,) = Bm25().score(Pool.from_store(pool), [Target.from_store(target)])
+    assert scores.scores.tobytes() == fresh.scores.tobytes()
+    assert "today's tokenizer" in capsys.readouterr().out
+    (found,) = inspect(old_pool)
+    assert "older tokenizer" in dict(found.facts)["lexical index"]
+    build(pool_config(run, data, old_pool, dim=64))
+    assert contents(old_pool / "lexical") == today and not list(old_pool.glob(".lexical*"))
+    assert GradientStore.open(old_pool).lexical_index("prompt") is not None

@@ -37,8 +37,8 @@ class Bm25(SimilarityMethod):
         if index is None:
             if pool.store is not None:
                 print(f"bm25: indexing {pool.store.path} in memory, as it holds no {self.pool_part} index with k1 "
-                      f"{self.k1:g}, b {self.b:g} (rerun its `gradsift build` with the same arguments to add one; no "
-                      "gradient is recomputed)")
+                      f"{self.k1:g}, b {self.b:g} and today's tokenizer (rerun its `gradsift build` with the same "
+                      "arguments to add one; no gradient is recomputed)")
             pool.say_a_store_would_be_faster("bm25", "indexing")
             index = lexical.build_index([record_text(r, self.pool_part) for r in pool.refs], self.k1, self.b)
         scorers = [lexical.QueryScores(index, lexical.query_ids(index, [record_text(r, self.target_part) for r in t.refs]))
