@@ -25,6 +25,7 @@ import json
 import random
 import re
 from collections.abc import Callable
+from functools import cache
 from importlib.metadata import distribution
 from pathlib import Path
 
@@ -41,6 +42,7 @@ Item = tuple[str, str]  # (prompt, direct answer)
 # The tasks' rules
 
 
+@cache
 def _words() -> list[str]:
     root = Path(str(distribution("evals").locate_file(EVALS_DATA)))
     files = sorted((root / "word_association").glob("related_words_*.jsonl"))

@@ -136,13 +136,13 @@ def write_lexical_index(store: Path, refs: Sequence[ExampleRef], parts: tuple[Pa
                                        "tokenizer": TOKENIZER, "bm25s": bm25s.__version__, "rows": len(refs),
                                        "checksums": checksums(tmp, files)})
         stop_point("lexical:written")
+        aside = None
         if final.exists():  # a stale index: moved aside, then removed (absent for a moment: BM25 indexes anew)
-            aside = Path(tempfile.mkdtemp(dir=store, prefix=partial_name(LEXICAL_DIR))) / "stale"
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            shutil.rmtree(aside.parent, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+            aside = Path(tempfile.mkdtemp(dir=store, prefix=partial_name(LEXICAL_DIR)))
+            os.replace(final, aside / "stale")
+        os.replace(tmp, final)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -172,7 +172,7 @@ def open_lexical_index(store: Path, part: Part, rows: int, k1: float = K1, b: fl
     import bm25s
 
     meta = lexical_meta(store)
-    if meta is None or part not in meta["parts"] or (meta["k1"], meta["b"], meta["tokenizer"]) != (k1, b, TOKENIZER):
+    if meta is None or part not in meta["parts"] or (meta["k1"], meta["b"]) != (k1, b) or stale(meta):
         return None
     check_rows(store, meta, rows)
     index = bm25s.BM25.load(Path(store) / LEXICAL_DIR / part, mmap=True)
